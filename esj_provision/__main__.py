@@ -1,0 +1,4 @@
+from esj_provision.cli import main
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""Shared CLI helpers: consoles, error rendering, and option types reused across commands."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..errors import EsjProvisionError
+
+_consoles: dict[str, Console] = {}
+
+
+def console() -> Console:
+    """stdout console (rich), created on first use so importing the CLI stays cheap."""
+    if "out" not in _consoles:
+        from rich.console import Console
+
+        _consoles["out"] = Console(highlight=False, soft_wrap=True)
+    return _consoles["out"]
+
+
+def err_console() -> Console:
+    if "err" not in _consoles:
+        from rich.console import Console
+
+        _consoles["err"] = Console(stderr=True, highlight=False, soft_wrap=True)
+    return _consoles["err"]
+
+
+def print_error(exc: EsjProvisionError) -> None:
+    """One clear line (plus the hint and Microsoft's request id) on stderr; never a traceback."""
+    lines = [f"error: {exc.message}"]
+    for problem in getattr(exc, "problems", []) or []:
+        if isinstance(problem, tuple):
+            lines.append(f"  line {problem[0]}: {problem[1]}")
+        else:
+            lines.append(f"  - {problem}")
+    if exc.hint:
+        lines.append(f"hint: {exc.hint}")
+    if exc.request_id:
+        lines.append(f"request-id: {exc.request_id} (quote it to Microsoft support)")
+    sys.stderr.write("\n".join(lines) + "\n")
+    sys.stderr.flush()

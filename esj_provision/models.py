@@ -1,0 +1,190 @@
+"""Plain data types shared by every layer: protocols, directory objects, Exchange permission rows.
+
+Nothing here talks to the network; everything is cheap to import.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .errors import UsageError
+
+
+class Inbound(str, Enum):
+    IMAP = "imap"
+    EWS = "ews"
+    GRAPH = "graph"
+
+
+class Outbound(str, Enum):
+    SMTP = "smtp"
+    EWS = "ews"
+    GRAPH = "graph"
+
+
+class Right(str, Enum):
+    FULL_ACCESS = "FullAccess"
+    SEND_AS = "SendAs"
+
+
+class State(str, Enum):
+    """Tri-state: a read that failed is UNKNOWN, never ABSENT (M365DSC's false-drift lesson)."""
+
+    PRESENT = "present"
+    ABSENT = "absent"
+    UNKNOWN = "unknown"
+
+
+def parse_inbound(value: str) -> Inbound:
+    try:
+        return Inbound(value.strip().lower())
+    except ValueError:
+        raise UsageError(
+            f"unknown inbound protocol {value!r}", hint="choose one of: imap, ews, graph"
+        ) from None
+
+
+def parse_outbound(value: str) -> Outbound:
+    try:
+        return Outbound(value.strip().lower())
+    except ValueError:
+        raise UsageError(
+            f"unknown outbound protocol {value!r}", hint="choose one of: smtp, ews, graph"
+        ) from None
+
+
+# Deliberately simple: one @, a non-empty local part without spaces, a dotted domain. Exchange
+# accepts more exotic addresses, but none of those are realistic ESJ mailboxes, and a typo caught
+# here costs nothing while one caught by Exchange costs a round trip and a confusing error.
+_ADDRESS = re.compile(r"^[^@\s\"<>(),;:\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def is_address(value: str) -> bool:
+    return bool(_ADDRESS.match(value)) and len(value) <= 320
+
+
+def is_guid(value: str) -> bool:
+    return bool(_GUID.match(value))
+
+
+def parse_address(value: str, what: str = "address") -> str:
+    """Validate an e-mail address (or UPN) and return it stripped. Raises UsageError."""
+    v = (value or "").strip()
+    if not is_address(v):
+        raise UsageError(
+            f"{what} {value!r} is not an e-mail address",
+            hint="give the address in the form name@domain, e.g. support@contoso.com",
+        )
+    return v
+
+
+def parse_guid(value: str, what: str = "id") -> str:
+    v = (value or "").strip()
+    if not is_guid(v):
+        raise UsageError(
+            f"{what} {value!r} is not a GUID",
+            hint="give the id in the form 00000000-0000-0000-0000-000000000000",
+        )
+    return v.lower()
+
+
+@dataclass(frozen=True)
+class DirectoryUser:
+    """A user object as Graph returns it (mailbox or account)."""
+
+    id: str
+    user_principal_name: str
+    mail: str | None
+    display_name: str | None
+    account_enabled: bool | None
+
+    @property
+    def address(self) -> str:
+        return self.mail or self.user_principal_name
+
+
+@dataclass(frozen=True)
+class ServicePrincipal:
+    """An Entra enterprise application (service principal) as Graph returns it."""
+
+    id: str  # the Enterprise-application object id: the one Exchange's New-ServicePrincipal needs
+    app_id: str
+    display_name: str | None
+
+
+@dataclass(frozen=True)
+class ExchangeMailbox:
+    identity: str
+    primary_smtp_address: str
+    recipient_type_details: str  # SharedMailbox, UserMailbox, RoomMailbox, ...
+    external_directory_object_id: str | None
+    email_addresses: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PermissionRow:
+    """One Get-MailboxPermission row, rights already split on commas."""
+
+    user: str
+    access_rights: frozenset[str]
+    deny: bool
+    is_inherited: bool
+    user_sid: str | None = None
+
+    @property
+    def is_delegation(self) -> bool:
+        """Explicit, allowing, non-system: the only rows that count as a delegation."""
+        return not self.deny and not self.is_inherited and self.user.upper() != "NT AUTHORITY\\SELF"
+
+
+@dataclass(frozen=True)
+class RecipientPermissionRow:
+    """One Get-RecipientPermission row (Send As). These rows carry no IsInherited/Deny fields."""
+
+    trustee: str
+    access_rights: frozenset[str]
+    allow: bool
+    trustee_sid: str | None = None
+    is_inherited: bool = False
+
+
+@dataclass(frozen=True)
+class CasMailbox:
+    identity: str
+    # None means "follow the organisation setting" (Exchange's $null).
+    smtp_client_authentication_disabled: bool | None
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    smtp_client_authentication_disabled: bool
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What a write returned: Microsoft's request id and any cmdlet warnings."""
+
+    cmdlet: str
+    request_id: str | None
+    warnings: tuple[str, ...] = ()
+    already_done: bool = False  # "already present" / "doesn't exist" warning: success, no change
+
+
+@dataclass
+class Trustee:
+    """Who receives the delegation: a user account, or an ESJ app's Exchange service principal."""
+
+    address: str | None = None  # user trustee (UPN / address)
+    app_id: str | None = None  # service-principal trustee (ESJ app's client id)
+    aliases: set[str] = field(default_factory=set)  # identities rows may show for it (lower-case)
+
+    @property
+    def is_app(self) -> bool:
+        return self.app_id is not None
+
+    @property
+    def key(self) -> str:
+        return (self.app_id or self.address or "").lower()
