@@ -41,24 +41,22 @@ def parse_inbound(value: str) -> Inbound:
     try:
         return Inbound(value.strip().lower())
     except ValueError:
-        raise UsageError(
-            f"unknown inbound protocol {value!r}", hint="choose one of: imap, ews, graph"
-        ) from None
+        raise UsageError(f"unknown inbound protocol {value!r}", hint="choose one of: imap, ews, graph") from None
 
 
 def parse_outbound(value: str) -> Outbound:
     try:
         return Outbound(value.strip().lower())
     except ValueError:
-        raise UsageError(
-            f"unknown outbound protocol {value!r}", hint="choose one of: smtp, ews, graph"
-        ) from None
+        raise UsageError(f"unknown outbound protocol {value!r}", hint="choose one of: smtp, ews, graph") from None
 
 
 # Deliberately simple: one @, a non-empty local part without spaces, a dotted domain. Exchange
 # accepts more exotic addresses, but none of those are realistic ESJ mailboxes, and a typo caught
 # here costs nothing while one caught by Exchange costs a round trip and a confusing error.
-_ADDRESS = re.compile(r"^[^@\s\"<>(),;:\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$")
+_ADDRESS = re.compile(
+    r"^[^@\s\"<>(),;:\[\]\\]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
+)
 _GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
 

@@ -1,0 +1,246 @@
+"""Connection settings: where the tenant is, how to sign in, which CA to trust.
+
+Precedence, highest first: command-line flag, process environment, a ``.env`` file in the working
+directory, the cloud's defaults. The standard ``AZURE_*`` variables mean what they mean for every
+Azure tool. A secret is never accepted as a flag value: it comes from the environment, ``.env`` or
+a file whose path is given.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .clouds import Cloud, get_cloud
+from .errors import ConfigError, UsageError
+from .models import is_guid
+
+AUTH_KINDS = ("auto", "secret", "certificate", "managed-identity", "workload-identity")
+
+# Every variable the tool reads; .env.example documents each of them.
+ENV_VARS = (
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_CLIENT_CERTIFICATE_PATH",
+    "AZURE_CLIENT_CERTIFICATE_PASSWORD",
+    "AZURE_AUTHORITY_HOST",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "ESJ_PROVISION_CLOUD",
+    "ESJ_PROVISION_AUTH",
+    "ESJ_PROVISION_CLIENT_SECRET_FILE",
+    "ESJ_PROVISION_GRAPH_ENDPOINT",
+    "ESJ_PROVISION_EXCHANGE_ENDPOINT",
+    "ESJ_PROVISION_CA_BUNDLE",
+    "ESJ_PROVISION_JOURNAL",
+    "ESJ_PROVISION_PROFILE",
+    "SSL_CERT_FILE",
+    "REQUESTS_CA_BUNDLE",
+)
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    """Parse a .env file: ``KEY=value`` lines, optional ``export``, quotes, ``#`` comments."""
+    values: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return values
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}", hint="fix or remove the .env file") from None
+    for number, raw in enumerate(text.splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("export "):
+            line = line[len("export ") :].lstrip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key.replace("_", "").isalnum():
+            raise ConfigError(
+                f"{path}, line {number}: expected KEY=value",
+                hint="each line of a .env file is KEY=value; comments start with #",
+            )
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        values[key] = value
+    return values
+
+
+def is_loopback_host(host: str) -> bool:
+    if host in {"localhost"}:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def check_endpoint(url: str, what: str) -> str:
+    """An endpoint must be https, or plain http on a loopback address only."""
+    url = url.strip().rstrip("/")
+    parts = urlsplit(url)
+    if parts.scheme not in {"https", "http"} or not parts.hostname:
+        raise UsageError(f"{what} {url!r} is not an http(s) URL", hint="give a URL such as https://host")
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise UsageError(
+            f"{what} {url!r} uses plain http",
+            hint="TLS is always verified: use https (plain http is allowed only on loopback addresses)",
+        )
+    return url
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything needed to reach a tenant. Secrets are excluded from repr and never printed."""
+
+    cloud: Cloud
+    tenant_id: str | None
+    client_id: str | None
+    auth: str
+    authority_host: str
+    graph_endpoint: str
+    exchange_endpoint: str
+    ca_bundle: str | None = None
+    certificate_path: str | None = None
+    federated_token_file: str | None = None
+    client_secret: str | None = field(default=None, repr=False)
+    certificate_password: str | None = field(default=None, repr=False)
+    timeout: float = 60.0
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """Values that must never appear in output, logs or the journal."""
+        return tuple(s for s in (self.client_secret, self.certificate_password) if s)
+
+    @property
+    def resolved_auth(self) -> str:
+        if self.auth != "auto":
+            return self.auth
+        if self.certificate_path:
+            return "certificate"
+        if self.client_secret:
+            return "secret"
+        if self.federated_token_file:
+            return "workload-identity"
+        return "none"
+
+    def require_tenant(self) -> None:
+        """Raise a ConfigError naming every missing piece of sign-in configuration."""
+        missing: list[str] = []
+        if not self.tenant_id:
+            missing.append("AZURE_TENANT_ID (--tenant-id)")
+        kind = self.resolved_auth
+        if kind in {"secret", "certificate", "workload-identity"} and not self.client_id:
+            missing.append("AZURE_CLIENT_ID (--client-id)")
+        if kind == "secret" and not self.client_secret:
+            missing.append("AZURE_CLIENT_SECRET (or --client-secret-file)")
+        if kind == "certificate" and not self.certificate_path:
+            missing.append("AZURE_CLIENT_CERTIFICATE_PATH (--certificate)")
+        if kind == "workload-identity" and not self.federated_token_file:
+            missing.append("AZURE_FEDERATED_TOKEN_FILE")
+        if kind == "none":
+            missing.append(
+                "a credential: AZURE_CLIENT_SECRET, AZURE_CLIENT_CERTIFICATE_PATH, "
+                "AZURE_FEDERATED_TOKEN_FILE, or --auth managed-identity"
+            )
+        if missing:
+            raise ConfigError(
+                "sign-in is not configured: missing " + "; ".join(missing),
+                hint="set them in the environment or in a .env file (see .env.example)",
+            )
+
+
+def load_settings(
+    *,
+    cloud: str | None = None,
+    tenant_id: str | None = None,
+    client_id: str | None = None,
+    auth: str | None = None,
+    client_secret_file: str | None = None,
+    certificate_path: str | None = None,
+    authority_host: str | None = None,
+    graph_endpoint: str | None = None,
+    exchange_endpoint: str | None = None,
+    ca_bundle: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    dotenv_path: Path | None = None,
+) -> Settings:
+    """Build Settings from flags (arguments), the environment and ``./.env``."""
+    env: dict[str, str] = dict(read_dotenv(dotenv_path or Path.cwd() / ".env"))
+    env.update({k: v for k, v in (os.environ if environ is None else environ).items() if v != ""})
+
+    def pick(flag: str | None, var: str) -> str | None:
+        value = flag if flag not in (None, "") else env.get(var)
+        return value.strip() if isinstance(value, str) and value.strip() else None
+
+    the_cloud = get_cloud(pick(cloud, "ESJ_PROVISION_CLOUD") or "global")
+    kind = (pick(auth, "ESJ_PROVISION_AUTH") or "auto").lower()
+    if kind not in AUTH_KINDS:
+        raise UsageError(f"unknown sign-in kind {kind!r}", hint=f"choose one of: {', '.join(AUTH_KINDS)}")
+
+    tenant = pick(tenant_id, "AZURE_TENANT_ID")
+    if tenant and not (is_guid(tenant) or "." in tenant):
+        raise UsageError(
+            f"tenant {tenant!r} is neither a GUID nor a domain",
+            hint="give the directory (tenant) id, or the initial domain such as contoso.onmicrosoft.com",
+        )
+    client = pick(client_id, "AZURE_CLIENT_ID")
+    if client and not is_guid(client):
+        raise UsageError(f"client id {client!r} is not a GUID", hint="give the application (client) id")
+
+    secret: str | None = None
+    secret_file = pick(client_secret_file, "ESJ_PROVISION_CLIENT_SECRET_FILE")
+    if secret_file:
+        try:
+            secret = Path(secret_file).read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read the client secret file {secret_file}: {exc.strerror}") from None
+        if not secret:
+            raise ConfigError(f"the client secret file {secret_file} is empty")
+    else:
+        secret = env.get("AZURE_CLIENT_SECRET") or None
+
+    cert = pick(certificate_path, "AZURE_CLIENT_CERTIFICATE_PATH")
+    if cert and not Path(cert).is_file():
+        raise ConfigError(
+            f"certificate file {cert} does not exist",
+            hint="AZURE_CLIENT_CERTIFICATE_PATH must point at a PEM (certificate and key) or PFX file",
+        )
+    bundle = pick(ca_bundle, "ESJ_PROVISION_CA_BUNDLE")
+    if bundle and not Path(bundle).is_file():
+        raise ConfigError(f"CA bundle {bundle} does not exist", hint="give a PEM file of CA certificates")
+
+    authority = check_endpoint(
+        pick(authority_host, "AZURE_AUTHORITY_HOST") or the_cloud.authority_host, "authority host"
+    )
+    if not authority.startswith("https://"):
+        # msal and azure-identity refuse a non-TLS authority even on loopback.
+        raise UsageError(f"authority host {authority!r} must be https", hint="Entra ID is only reached over TLS")
+
+    return Settings(
+        cloud=the_cloud,
+        tenant_id=tenant,
+        client_id=client,
+        auth=kind,
+        authority_host=authority,
+        graph_endpoint=check_endpoint(
+            pick(graph_endpoint, "ESJ_PROVISION_GRAPH_ENDPOINT") or the_cloud.graph_endpoint, "Graph endpoint"
+        ),
+        exchange_endpoint=check_endpoint(
+            pick(exchange_endpoint, "ESJ_PROVISION_EXCHANGE_ENDPOINT") or the_cloud.exchange_endpoint,
+            "Exchange endpoint",
+        ),
+        ca_bundle=bundle,
+        certificate_path=cert,
+        federated_token_file=env.get("AZURE_FEDERATED_TOKEN_FILE") or None,
+        client_secret=secret,
+        certificate_password=env.get("AZURE_CLIENT_CERTIFICATE_PASSWORD") or None,
+    )

@@ -1,0 +1,160 @@
+"""The change journal: every write to the tenant and its outcome, one JSON object per line.
+
+An admin attaches it to a change ticket; bulk runs read it back to resume after a crash. A write is
+journalled *before* it is sent (``intent``) and again when its outcome is known (``result``), each
+line flushed and fsynced, so even ``kill -9`` between the two leaves a record: an intent with no
+result means "this write may or may not have happened", and the next run reads the tenant to find
+out and records what it found (``reconciled``). No secret or token is ever written here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import JournalError
+
+
+def default_journal_path() -> Path:
+    """``$ESJ_PROVISION_JOURNAL``, else ``$XDG_STATE_HOME/esj-provision/journal.jsonl``."""
+    env = os.environ.get("ESJ_PROVISION_JOURNAL")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "esj-provision" / "journal.jsonl"
+
+
+def _redact(value: Any, secrets: tuple[str, ...]) -> Any:
+    if isinstance(value, str):
+        for secret in secrets:
+            if secret and secret in value:
+                value = value.replace(secret, "***")
+        return value
+    if isinstance(value, dict):
+        return {k: _redact(v, secrets) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redact(v, secrets) for v in value]
+    return value
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A journalled write: its key identifies the change, independent of the run that made it."""
+
+    op: str  # add-full-access, add-send-as, remove-full-access, remove-send-as, new-service-principal
+    mailbox: str
+    trustee: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.op}|{self.mailbox.lower()}|{self.trustee.lower()}"
+
+
+class Journal:
+    """Append-only JSON-lines journal. Safe for concurrent tasks (one write per line, O_APPEND)."""
+
+    def __init__(self, path: Path, *, run_id: str | None = None, secrets: tuple[str, ...] = ()) -> None:
+        self.path = path
+        self.run_id = run_id or uuid.uuid4().hex[:12]
+        self._secrets = secrets
+        self._fd: int | None = None
+
+    def open(self) -> Journal:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise JournalError(
+                f"cannot open the change journal {self.path}: {exc.strerror}",
+                hint="give a writable path with --journal; nothing was changed",
+            ) from None
+        return self
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> Journal:
+        return self.open() if self._fd is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write(self, event: str, **fields: Any) -> dict[str, Any]:
+        if self._fd is None:
+            self.open()
+        record: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "run": self.run_id,
+            "event": event,
+        }
+        record.update({k: v for k, v in fields.items() if v is not None})
+        line = json.dumps(_redact(record, self._secrets), ensure_ascii=False, sort_keys=False) + "\n"
+        try:
+            assert self._fd is not None
+            os.write(self._fd, line.encode("utf-8"))
+            os.fsync(self._fd)
+        except OSError as exc:
+            raise JournalError(
+                f"cannot write to the change journal {self.path}: {exc.strerror}",
+                hint="free disk space or choose another --journal; no further change is made without a record",
+            ) from None
+        return record
+
+    def intent(self, entry: Entry, **fields: Any) -> None:
+        self.write("intent", op=entry.op, mailbox=entry.mailbox, trustee=entry.trustee, key=entry.key, **fields)
+
+    def result(self, entry: Entry, outcome: str, **fields: Any) -> None:
+        self.write(
+            "result",
+            op=entry.op,
+            mailbox=entry.mailbox,
+            trustee=entry.trustee,
+            key=entry.key,
+            outcome=outcome,
+            **fields,
+        )
+
+
+def read_journal(path: Path) -> Iterator[dict[str, Any]]:
+    """Every well-formed record; a torn last line (a crash mid-write) is skipped, not fatal."""
+    try:
+        handle = path.open("r", encoding="utf-8")
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise JournalError(f"cannot read the change journal {path}: {exc.strerror}") from None
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                print(f"warning: {path}, line {number}: unreadable journal line skipped", file=sys.stderr)
+                continue
+            if isinstance(record, dict):
+                yield record
+
+
+def open_intents(path: Path) -> dict[str, dict[str, Any]]:
+    """Writes that were started but never got a result or reconciliation: key -> intent record."""
+    pending: dict[str, dict[str, Any]] = {}
+    for record in read_journal(path):
+        key = record.get("key")
+        if not isinstance(key, str):
+            continue
+        if record.get("event") == "intent":
+            pending[key] = record
+        elif record.get("event") in {"result", "reconciled"}:
+            pending.pop(key, None)
+    return pending

@@ -1,0 +1,263 @@
+"""The bulk/audit manifest: a CSV (or YAML) list of mailboxes to connect.
+
+The whole manifest is validated before the first call to Microsoft, and every problem is reported
+with its line number. Rows are then *streamed* (read again from the file) so memory stays flat
+however long the manifest is; only the set of mailbox addresses is kept, to catch duplicates.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, ManifestError
+from .models import Inbound, Outbound, is_address
+
+REQUIRED = ("mailbox", "trustee", "inbound", "outbound")
+OPTIONAL = ("send_as", "auto_response", "esj_instance")
+COLUMNS = REQUIRED + OPTIONAL
+MAX_LISTED_PROBLEMS = 200
+_TRUE = {"true", "yes", "y", "1", "on"}
+_FALSE = {"false", "no", "n", "0", "off"}
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    line: int
+    mailbox: str
+    trustee: str
+    inbound: Inbound
+    outbound: Outbound
+    send_as: bool = True
+    auto_response: bool = False
+    esj_instance: str | None = None
+
+
+def _bool(value: str, column: str, default: bool, problems: list[tuple[int, str]], line: int) -> bool:
+    v = value.strip().lower()
+    if not v:
+        return default
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    problems.append((line, f"{column} {value!r} is not true/false"))
+    return default
+
+
+def _row(line: int, raw: dict[str, Any], problems: list[tuple[int, str]]) -> ManifestRow | None:
+    before = len(problems)
+
+    def text(column: str) -> str:
+        value = raw.get(column)
+        return "" if value is None else str(value).strip()
+
+    mailbox, trustee = text("mailbox"), text("trustee")
+    for column, value in (("mailbox", mailbox), ("trustee", trustee)):
+        if not value:
+            problems.append((line, f"{column} is empty"))
+        elif not is_address(value):
+            problems.append((line, f"{column} {value!r} is not an e-mail address"))
+    if mailbox and trustee and mailbox.lower() == trustee.lower():
+        problems.append((line, "trustee is the mailbox itself; give the account ESJ signs in with"))
+    inbound: Inbound | None = None
+    outbound: Outbound | None = None
+    try:
+        inbound = Inbound(text("inbound").lower())
+    except ValueError:
+        problems.append((line, f"inbound {text('inbound')!r} is not one of imap, ews, graph"))
+    try:
+        outbound = Outbound(text("outbound").lower())
+    except ValueError:
+        problems.append((line, f"outbound {text('outbound')!r} is not one of smtp, ews, graph"))
+    send_as = _bool(text("send_as"), "send_as", True, problems, line)
+    auto = _bool(text("auto_response"), "auto_response", False, problems, line)
+    instance = text("esj_instance") or None
+    if instance is not None and (len(instance) > 64 or not all(c.isalnum() or c in "-_." for c in instance)):
+        problems.append(
+            (line, f"esj_instance {instance!r} may only hold letters, digits, '-', '_' and '.' (64 at most)")
+        )
+    if len(problems) > before or inbound is None or outbound is None:
+        return None
+    return ManifestRow(line, mailbox, trustee, inbound, outbound, send_as, auto, instance)
+
+
+def _header_problems(header: list[str]) -> list[tuple[int, str]]:
+    problems: list[tuple[int, str]] = []
+    names = [h.strip().lower() for h in header]
+    if not names:
+        return [(1, "the manifest is empty; the first line must be the header: " + ",".join(REQUIRED))]
+    for column in REQUIRED:
+        if column not in names:
+            problems.append((1, f"missing column {column!r} (the header must name {', '.join(REQUIRED)})"))
+    for name in names:
+        if name and name not in COLUMNS:
+            problems.append((1, f"unknown column {name!r} (known: {', '.join(COLUMNS)})"))
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            problems.append((1, f"column {name!r} appears twice"))
+        seen.add(name)
+    return problems
+
+
+def _iter_csv(path: Path, problems: list[tuple[int, str]]) -> Iterator[ManifestRow]:
+    with _open_text(path) as handle:
+        reader = csv.reader(handle)
+        try:
+            header = next(reader)
+        except StopIteration:
+            problems.append((1, "the manifest is empty; the first line must be the header: " + ",".join(REQUIRED)))
+            return
+        except (UnicodeDecodeError, csv.Error) as exc:
+            problems.append((1, f"cannot read the header: {exc}"))
+            return
+        header_problems = _header_problems(header)
+        problems.extend(header_problems)
+        if header_problems:
+            return
+        names = [h.strip().lower() for h in header]
+        while True:
+            line = reader.line_num + 1
+            try:
+                values = next(reader)
+            except StopIteration:
+                return
+            except UnicodeDecodeError:
+                problems.append((line, "not valid UTF-8 (save the manifest as UTF-8)"))
+                return
+            except csv.Error as exc:
+                problems.append((line, f"CSV syntax: {exc}"))
+                return
+            if not values or all(not v.strip() for v in values):
+                continue
+            if len(values) > len(names):
+                problems.append((line, f"{len(values)} fields, but the header names {len(names)}"))
+                continue
+            row = _row(line, dict(zip(names, values)), problems)
+            if row is not None:
+                yield row
+
+
+class _open_text:
+    """Open as UTF-8 (a BOM is accepted); decoding errors surface per line in the reader."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> io.TextIOWrapper:
+        try:
+            self.handle = self.path.open("r", encoding="utf-8-sig", newline="")
+        except OSError as exc:
+            raise ConfigError(f"cannot read the manifest {self.path}: {exc.strerror}") from None
+        return self.handle
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.close()
+
+
+def _iter_yaml(path: Path, problems: list[tuple[int, str]]) -> Iterator[ManifestRow]:
+    try:
+        import yaml
+    except ImportError:
+        raise ConfigError(
+            "YAML manifests need PyYAML", hint="pip install 'esj-provision[yaml]', or use a CSV manifest"
+        ) from None
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        problems.append((text_line(path, exc.start), "not valid UTF-8 (save the manifest as UTF-8)"))
+        return
+    except OSError as exc:
+        raise ConfigError(f"cannot read the manifest {path}: {exc.strerror}") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problems.append(((mark.line + 1) if mark else 1, f"YAML syntax: {getattr(exc, 'problem', exc)}"))
+        return
+    if root is None:
+        problems.append((1, "the manifest is empty"))
+        return
+    items = root.value if isinstance(root, yaml.SequenceNode) else None
+    if items is None and isinstance(root, yaml.MappingNode):
+        for key, value in root.value:
+            if key.value == "mailboxes" and isinstance(value, yaml.SequenceNode):
+                items = value.value
+    if items is None:
+        problems.append((1, "expected a list of mailboxes (or a 'mailboxes:' list)"))
+        return
+    for node in items:
+        line = node.start_mark.line + 1
+        if not isinstance(node, yaml.MappingNode):
+            problems.append((line, "each entry must be a mapping with mailbox, trustee, inbound, outbound"))
+            continue
+        raw = {str(k.value).strip().lower(): v.value for k, v in node.value if isinstance(v, yaml.ScalarNode)}
+        unknown = [k for k in raw if k not in COLUMNS]
+        for k in unknown:
+            problems.append((line, f"unknown key {k!r} (known: {', '.join(COLUMNS)})"))
+        missing = [c for c in REQUIRED if c not in raw]
+        for c in missing:
+            problems.append((line, f"missing {c!r}"))
+        if unknown or missing:
+            continue
+        row = _row(line, raw, problems)
+        if row is not None:
+            yield row
+
+
+def text_line(path: Path, offset: int) -> int:
+    with path.open("rb") as handle:
+        return handle.read(offset).count(b"\n") + 1
+
+
+def _rows(path: Path, problems: list[tuple[int, str]]) -> Iterator[ManifestRow]:
+    if path.suffix.lower() in {".yaml", ".yml"}:
+        return _iter_yaml(path, problems)
+    return _iter_csv(path, problems)
+
+
+@dataclass(frozen=True)
+class ManifestInfo:
+    path: Path
+    rows: int
+
+
+def validate(path: Path) -> ManifestInfo:
+    """Read the whole manifest once; raise ManifestError listing every problem, or return its size."""
+    if not path.is_file():
+        raise ConfigError(f"manifest {path} does not exist", hint="give the path of a CSV (or YAML) manifest")
+    problems: list[tuple[int, str]] = []
+    seen: dict[str, int] = {}
+    count = 0
+    for row in _rows(path, problems):
+        key = row.mailbox.lower()
+        if key in seen:
+            problems.append((row.line, f"mailbox {row.mailbox} is already on line {seen[key]}"))
+            continue
+        seen[key] = row.line
+        count += 1
+    if not problems and count == 0:
+        problems.append((1, "the manifest has a header but no rows"))
+    if problems:
+        problems.sort()
+        shown = problems[:MAX_LISTED_PROBLEMS]
+        more = len(problems) - len(shown)
+        raise ManifestError(
+            f"manifest {path} has {len(problems)} problem(s); nothing was done",
+            shown + ([(shown[-1][0], f"... and {more} more")] if more else []),
+            hint="fix every line listed and run again",
+        )
+    return ManifestInfo(path, count)
+
+
+def rows(path: Path) -> Iterator[ManifestRow]:
+    """Stream the rows of a manifest that :func:`validate` accepted."""
+    problems: list[tuple[int, str]] = []
+    yield from _rows(path, problems)
+    if problems:  # the file changed since validation
+        raise ManifestError(f"manifest {path} changed while it was being processed", problems)

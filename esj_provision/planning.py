@@ -1,0 +1,485 @@
+"""Onboarding and offboarding one shared mailbox: preflight, plan, apply, verify.
+
+* **Preflight** (read-only) gathers every problem at once: the mailbox must be a *shared* mailbox,
+  the trustee must exist, be enabled and mail-enabled; warnings for a shared mailbox that can
+  still sign in and for SMTP AUTH switched off where ESJ sends over SMTP.
+* **Plan**: each delegation is ``present``, ``absent`` or ``unknown``; a read that failed is
+  never taken for ``absent``.
+* **Apply** only what is needed, journalling each write before it is sent. A write whose answer
+  was lost (timeout, 5xx) is never repeated blindly: the state is read again first.
+* **Verify** by reading back. Exchange can take an hour or two before ESJ can use a new grant;
+  "granted, pending propagation" is success.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from .errors import AmbiguousWriteError, EsjProvisionError, MailboxNotEnabledForRestError, NotFoundError
+from .journal import Entry, Journal
+from .models import DirectoryUser, Inbound, Outbound, Right, State
+
+if TYPE_CHECKING:
+    from .graph import LookupResult
+    from .session import Session
+
+Mode = Literal["onboard", "offboard", "audit"]
+PROPAGATION_NOTE = (
+    "Exchange can take up to about an hour or two before a new delegation works for ESJ: "
+    "'granted, pending propagation' is not a failure. Re-run this command or `esj-provision audit` "
+    "later to check; a re-run changes nothing."
+)
+AMBIGUOUS_WRITE_TRIES = 2
+
+
+@dataclass
+class OnboardRequest:
+    mailbox: str
+    trustee: str
+    inbound: Inbound = Inbound.IMAP
+    outbound: Outbound = Outbound.SMTP
+    send_as: bool = True
+    auto_response: bool = False
+
+
+@dataclass
+class Finding:
+    level: Literal["error", "warning", "info"]
+    code: str
+    message: str
+    hint: str | None = None
+
+
+@dataclass
+class Delegation:
+    right: Right
+    desired: State  # PRESENT for onboard, ABSENT for offboard
+    current: State = State.UNKNOWN
+    error: str | None = None  # why current is UNKNOWN
+    outcome: str | None = None  # applied, already-present, removed, already-absent, failed, unknown
+    request_id: str | None = None
+    verified: State | None = None
+
+    @property
+    def action(self) -> str:
+        if self.current is State.UNKNOWN:
+            return "unknown"
+        if self.current is self.desired:
+            return "none"
+        return "grant" if self.desired is State.PRESENT else "revoke"
+
+    @property
+    def op(self) -> str:
+        verb = "add" if self.desired is State.PRESENT else "remove"
+        return f"{verb}-{'full-access' if self.right is Right.FULL_ACCESS else 'send-as'}"
+
+
+@dataclass
+class Plan:
+    mode: Mode
+    request: OnboardRequest
+    mailbox: DirectoryUser | None = None
+    mailbox_purpose: str | None = None
+    trustee: DirectoryUser | None = None
+    findings: list[Finding] = field(default_factory=list)
+    delegations: list[Delegation] = field(default_factory=list)
+    dry_run: bool = False
+
+    @property
+    def refused(self) -> bool:
+        return any(f.level == "error" for f in self.findings)
+
+    @property
+    def failed(self) -> bool:
+        return self.refused or any(d.outcome in {"failed", "unknown"} for d in self.delegations)
+
+    @property
+    def mailbox_id(self) -> str:
+        """The identity sent to Exchange: the resolved primary address, else what the admin gave."""
+        return self.mailbox.address if self.mailbox else self.request.mailbox
+
+    @property
+    def trustee_id(self) -> str:
+        return self.trustee.user_principal_name if self.trustee else self.request.trustee
+
+    def trustee_aliases(self) -> set[str]:
+        values = {self.request.trustee}
+        if self.trustee:
+            values |= {
+                v
+                for v in (
+                    self.trustee.user_principal_name,
+                    self.trustee.mail,
+                    self.trustee.id,
+                    self.trustee.display_name,
+                )
+                if v
+            }
+        return {v.lower() for v in values}
+
+    def add(self, level: Literal["error", "warning", "info"], code: str, message: str, hint: str | None = None) -> None:
+        self.findings.append(Finding(level, code, message, hint))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "dry_run": self.dry_run,
+            "mailbox": self.mailbox_id,
+            "trustee": self.trustee_id,
+            "inbound": self.request.inbound.value,
+            "outbound": self.request.outbound.value,
+            "send_as": self.request.send_as,
+            "findings": [asdict(f) for f in self.findings],
+            "delegations": [
+                {
+                    "right": d.right.value,
+                    "desired": d.desired.value,
+                    "current": d.current.value,
+                    "action": d.action,
+                    "error": d.error,
+                    "outcome": d.outcome,
+                    "request_id": d.request_id,
+                    "verified": d.verified.value if d.verified else None,
+                }
+                for d in self.delegations
+            ],
+            "refused": self.refused,
+            "failed": self.failed,
+        }
+
+
+def send_as_wanted(outbound: Outbound, requested: bool | None) -> bool:
+    """Send As by default: every outbound protocol ESJ offers sends FROM the shared address
+    (SMTP/EWS log in as the trustee; GRAPH's allow-delegate needs Send As or Send on Behalf)."""
+    return True if requested is None else requested
+
+
+# -- preflight ---------------------------------------------------------------------------------
+
+
+def _check_mailbox(plan: Plan, result: LookupResult | None) -> None:
+    ref = plan.request.mailbox
+    if result is None or result.error is not None:
+        err = result.error if result else None
+        if isinstance(err, NotFoundError):
+            plan.add("error", "mailbox-not-found", f"mailbox {ref} was not found in the tenant", "check the address")
+        elif err is not None:
+            plan.add("error", "mailbox-lookup-failed", f"mailbox {ref}: {err.message}", err.hint)
+        return
+    plan.mailbox = result.user
+    purpose_error = result.purpose_error
+    if isinstance(purpose_error, MailboxNotEnabledForRestError):
+        plan.add(
+            "error",
+            "mailbox-not-rest-enabled",
+            f"mailbox {ref} is inactive, soft-deleted, unlicensed or hosted on-premises (MailboxNotEnabledForRESTAPI)",
+            "only an Exchange Online shared mailbox can be connected",
+        )
+        return
+    if purpose_error is not None:
+        if plan.mode == "onboard":
+            plan.add(
+                "error",
+                "mailbox-purpose-unknown",
+                f"cannot tell what kind of mailbox {ref} is: {purpose_error.message}",
+                purpose_error.hint,
+            )
+        return
+    plan.mailbox_purpose = result.purpose
+    if result.purpose != "shared":
+        kind = {"user": "a user mailbox", "room": "a room mailbox", "equipment": "an equipment mailbox"}.get(
+            str(result.purpose), f"a {result.purpose} mailbox"
+        )
+        level: Literal["error", "warning"] = "error" if plan.mode == "onboard" else "warning"
+        plan.add(
+            level,
+            "mailbox-not-shared",
+            f"{ref} is {kind}, not a shared mailbox",
+            "convert it to a shared mailbox in the Exchange admin center, or give the shared mailbox's address",
+        )
+        return
+    if result.user is not None and result.user.account_enabled:
+        plan.add(
+            "warning",
+            "shared-mailbox-can-sign-in",
+            f"shared mailbox {ref} can still sign in (its account is enabled)",
+            "block sign-in for it in Entra ID (Users → the mailbox → Block sign-in); ESJ never signs in as it",
+        )
+
+
+def _check_trustee(plan: Plan, result: LookupResult | None) -> None:
+    ref = plan.request.trustee
+    if result is None or result.error is not None:
+        err = result.error if result else None
+        if isinstance(err, NotFoundError):
+            plan.add("error", "trustee-not-found", f"account {ref} was not found in the tenant", "check the address")
+        elif err is not None:
+            plan.add("error", "trustee-lookup-failed", f"account {ref}: {err.message}", err.hint)
+        return
+    plan.trustee = result.user
+    user = result.user
+    if user is None:
+        return
+    if user.account_enabled is False:
+        level: Literal["error", "warning"] = "error" if plan.mode == "onboard" else "warning"
+        plan.add(
+            level,
+            "trustee-disabled",
+            f"account {ref} is disabled",
+            "enable the account ESJ signs in with, or choose another",
+        )
+    if not user.mail:
+        plan.add(
+            "error" if plan.mode == "onboard" else "warning",
+            "trustee-not-mail-enabled",
+            f"account {ref} is not mail-enabled; Exchange can only delegate to mailbox or mail users",
+            "give the account a mailbox (or make it a mail user), or choose another",
+        )
+
+
+async def _check_smtp_auth(session: Session, plan: Plan) -> None:
+    """SMTP AUTH must be on for the account ESJ authenticates as (smtp-client/user = trustee)."""
+    try:
+        org, cas = await asyncio.gather(session.transport_config(), session.exchange.get_cas_mailbox(plan.trustee_id))
+    except EsjProvisionError as exc:
+        plan.add("warning", "smtp-auth-unknown", f"cannot read the SMTP AUTH settings: {exc.message}", exc.hint)
+        return
+    who = plan.trustee_id
+    if cas.smtp_client_authentication_disabled is True:
+        plan.add(
+            "warning",
+            "smtp-auth-disabled-mailbox",
+            f"SMTP AUTH is disabled for {who} (Set-CASMailbox -SmtpClientAuthenticationDisabled $true)",
+            f"ESJ sends over SMTP as {who}: run Set-CASMailbox -Identity '{who}' -SmtpClientAuthenticationDisabled $false",
+        )
+    elif cas.smtp_client_authentication_disabled is None and org.smtp_client_authentication_disabled:
+        plan.add(
+            "warning",
+            "smtp-auth-disabled-tenant",
+            f"SMTP AUTH is disabled for the tenant (Set-TransportConfig -SmtpClientAuthenticationDisabled $true) "
+            f"and {who} has no override",
+            f"enable it for that mailbox only: Set-CASMailbox -Identity '{who}' -SmtpClientAuthenticationDisabled $false",
+        )
+
+
+async def preflight(
+    session: Session,
+    request: OnboardRequest,
+    *,
+    mode: Mode = "onboard",
+    lookups: dict[str, LookupResult] | None = None,
+) -> Plan:
+    """Read-only checks; every problem is reported together in ``plan.findings``."""
+    plan = Plan(mode=mode, request=request)
+    if lookups is None:
+        lookups = await session.graph.lookup_many([request.mailbox, request.trustee], with_purpose=True)
+    _check_mailbox(plan, lookups.get(request.mailbox))
+    _check_trustee(plan, lookups.get(request.trustee))
+    if (
+        mode != "offboard"
+        and request.outbound is Outbound.SMTP
+        and plan.trustee is not None
+        and not any(f.code.startswith("trustee-") for f in plan.findings)
+    ):
+        await _check_smtp_auth(session, plan)
+    if mode != "audit" and request.outbound is not None and not request.send_as and mode == "onboard":
+        plan.add(
+            "info",
+            "no-send-as",
+            "Send As is not granted (--no-send-as): ESJ can read the mailbox, but Exchange will refuse mail "
+            "sent FROM the shared address unless Send As or Send on Behalf is granted another way",
+        )
+    return plan
+
+
+# -- plan --------------------------------------------------------------------------------------
+
+
+def _full_access_present(plan: Plan, rows: list[Any]) -> bool:
+    aliases = plan.trustee_aliases()
+    return any(
+        r.is_delegation and "fullaccess" in {a.lower() for a in r.access_rights} and r.user.lower() in aliases
+        for r in rows
+    )
+
+
+def _send_as_present(plan: Plan, rows: list[Any]) -> bool:
+    aliases = plan.trustee_aliases()
+    return any(
+        r.allow
+        and not r.is_inherited
+        and "sendas" in {a.lower() for a in r.access_rights}
+        and r.trustee.lower() in aliases
+        for r in rows
+    )
+
+
+async def read_state(session: Session, plan: Plan, right: Right) -> tuple[State, str | None]:
+    """Whether the trustee holds ``right`` on the mailbox; UNKNOWN (with the error) if unreadable."""
+    try:
+        if right is Right.FULL_ACCESS:
+            rows = await session.exchange.get_mailbox_permissions(plan.mailbox_id, user=plan.trustee_id)
+            present = _full_access_present(plan, rows)
+        else:
+            rrows = await session.exchange.get_recipient_permissions(plan.mailbox_id, trustee=plan.trustee_id)
+            present = _send_as_present(plan, rrows)
+    except NotFoundError as exc:
+        # Get-MailboxPermission -User for a trustee without any entry can answer "not found" on some
+        # tenants; only the mailbox itself missing is a real error, and preflight caught that.
+        if plan.trustee and plan.trustee_id.lower() in exc.message.lower():
+            return State.ABSENT, None
+        return State.UNKNOWN, exc.message
+    except EsjProvisionError as exc:
+        return State.UNKNOWN, exc.message
+    return (State.PRESENT if present else State.ABSENT), None
+
+
+async def make_plan(session: Session, plan: Plan, *, desired: State) -> Plan:
+    """Fill in the delegations and their current state (skipped when preflight refused)."""
+    rights = [Right.FULL_ACCESS]
+    if desired is State.ABSENT or plan.request.send_as:
+        rights.append(Right.SEND_AS)
+    plan.delegations = [Delegation(right=r, desired=desired) for r in rights]
+    if plan.refused:
+        return plan
+    states = await asyncio.gather(*(read_state(session, plan, d.right) for d in plan.delegations))
+    for d, (state, error) in zip(plan.delegations, states):
+        d.current, d.error = state, error
+    return plan
+
+
+# -- apply and verify --------------------------------------------------------------------------
+
+
+async def _write(session: Session, plan: Plan, d: Delegation) -> Any:
+    ex = session.exchange
+    mbx, who = plan.mailbox_id, plan.trustee_id
+    if d.right is Right.FULL_ACCESS:
+        if d.desired is State.PRESENT:
+            return await ex.add_mailbox_permission(mbx, who)
+        return await ex.remove_mailbox_permission(mbx, who)
+    if d.desired is State.PRESENT:
+        return await ex.add_recipient_permission(mbx, who)
+    return await ex.remove_recipient_permission(mbx, who)
+
+
+async def apply_delegation(session: Session, plan: Plan, d: Delegation, journal: Journal) -> None:
+    entry = Entry(d.op, plan.mailbox_id, plan.trustee_id)
+    done_word = "applied" if d.desired is State.PRESENT else "removed"
+    for attempt in range(1, AMBIGUOUS_WRITE_TRIES + 1):
+        journal.intent(entry, attempt=attempt)
+        try:
+            result = await _write(session, plan, d)
+        except AmbiguousWriteError as exc:
+            journal.write(
+                "ambiguous",
+                key=entry.key,
+                op=entry.op,
+                mailbox=entry.mailbox,
+                trustee=entry.trustee,
+                error=exc.message,
+                request_id=exc.request_id,
+            )
+            state, error = await read_state(session, plan, d.right)
+            if state is d.desired:
+                d.outcome, d.request_id = done_word, exc.request_id
+                journal.write(
+                    "reconciled",
+                    key=entry.key,
+                    op=entry.op,
+                    mailbox=entry.mailbox,
+                    trustee=entry.trustee,
+                    outcome=done_word,
+                    note="the write had been applied before its answer was lost",
+                )
+                return
+            if state is State.UNKNOWN or attempt == AMBIGUOUS_WRITE_TRIES:
+                d.outcome, d.request_id = "unknown", exc.request_id
+                d.error = error or exc.message
+                journal.write(
+                    "reconciled",
+                    key=entry.key,
+                    op=entry.op,
+                    mailbox=entry.mailbox,
+                    trustee=entry.trustee,
+                    outcome="unknown",
+                    error=d.error,
+                )
+                return
+            journal.write(
+                "reconciled",
+                key=entry.key,
+                op=entry.op,
+                mailbox=entry.mailbox,
+                trustee=entry.trustee,
+                outcome="not-applied",
+                note="read back: the write had not been applied; sending it again",
+            )
+            continue
+        except EsjProvisionError as exc:
+            d.outcome, d.request_id, d.error = "failed", exc.request_id, exc.message
+            journal.result(entry, "failed", error=exc.message, request_id=exc.request_id)
+            return
+        already = bool(getattr(result, "already_done", False))
+        d.outcome = ("already-present" if d.desired is State.PRESENT else "already-absent") if already else done_word
+        d.request_id = getattr(result, "request_id", None)
+        journal.result(
+            entry, d.outcome, request_id=d.request_id, warnings=list(getattr(result, "warnings", ())) or None
+        )
+        return
+
+
+async def apply(session: Session, plan: Plan, journal: Journal | None) -> Plan:
+    """Write only what the plan says is needed. Full Access first: Send As alone is useless to ESJ."""
+    for d in plan.delegations:
+        if d.action in {"grant", "revoke"}:
+            assert journal is not None, "a write needs a journal"
+            await apply_delegation(session, plan, d, journal)
+        elif d.action == "none":
+            d.outcome = "already-present" if d.desired is State.PRESENT else "already-absent"
+        else:
+            d.outcome = "unknown"  # never write on a state we could not read
+    return plan
+
+
+async def verify(session: Session, plan: Plan) -> Plan:
+    """Read back every delegation that was written."""
+    written = [d for d in plan.delegations if d.outcome in {"applied", "removed"}]
+    states = await asyncio.gather(*(read_state(session, plan, d.right) for d in written))
+    for d, (state, error) in zip(written, states):
+        d.verified = state
+        if state is State.UNKNOWN:
+            d.error = error
+        elif state is not d.desired:
+            d.outcome = "failed"
+            d.error = f"read back {state.value} after the write; Exchange did not keep the change"
+    for d in plan.delegations:
+        if d.outcome in {"already-present", "already-absent"}:
+            d.verified = d.current if d.current is not State.UNKNOWN else d.verified
+    return plan
+
+
+async def run(
+    session: Session,
+    request: OnboardRequest,
+    *,
+    mode: Literal["onboard", "offboard"],
+    dry_run: bool,
+    journal: Journal | None,
+    lookups: dict[str, LookupResult] | None = None,
+) -> Plan:
+    """The whole job for one mailbox. ``dry_run`` makes no write call at all."""
+    plan = await preflight(session, request, mode=mode, lookups=lookups)
+    plan.dry_run = dry_run
+    await make_plan(session, plan, desired=State.PRESENT if mode == "onboard" else State.ABSENT)
+    if dry_run or plan.refused:
+        return plan
+    writes = any(d.action in {"grant", "revoke"} for d in plan.delegations)
+    if writes and journal is None:
+        raise EsjProvisionError("internal: a write needs a journal")
+    await apply(session, plan, journal)
+    if writes:
+        await verify(session, plan)
+    return plan

@@ -1,0 +1,79 @@
+"""A session with one tenant: the token provider, the shared HTTP client, Graph and Exchange.
+
+Commands open one session per run, so tokens, TLS and connection pools are shared by every call
+(and by every row of a bulk run), and tenant-wide facts (the SMTP AUTH switch) are read once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from .config import Settings
+from .models import TransportConfig
+
+if TYPE_CHECKING:
+    import httpx
+
+    from .credentials import TokenProvider
+    from .exchange import ExchangeClient
+    from .graph import GraphClient
+    from .http import MicrosoftHttp, RetryPolicy
+
+
+class Session:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        tokens: TokenProvider | None = None,
+        inner: httpx.AsyncBaseTransport | None = None,
+        policy: RetryPolicy | None = None,
+        max_connections: int = 20,
+    ) -> None:
+        from .credentials import TokenProvider
+        from .exchange import ExchangeClient
+        from .graph import GraphClient
+        from .http import MicrosoftHttp
+
+        settings.require_tenant()
+        self.settings = settings
+        self.tokens = tokens if tokens is not None else TokenProvider(settings)
+        self.http: MicrosoftHttp = MicrosoftHttp(
+            settings, self.tokens, policy=policy, inner=inner, max_connections=max_connections
+        )
+        assert settings.tenant_id is not None
+        self.graph: GraphClient = GraphClient(self.http)
+        self.exchange: ExchangeClient = ExchangeClient(self.http, settings.tenant_id)
+        self._transport_config: asyncio.Future[TransportConfig] | None = None
+
+    async def transport_config(self) -> TransportConfig:
+        """The tenant's SMTP AUTH switch, read once per session however many rows ask."""
+        if self._transport_config is None:
+            self._transport_config = asyncio.ensure_future(self.exchange.get_transport_config())
+        try:
+            return await asyncio.shield(self._transport_config)
+        except Exception:
+            self._transport_config = None  # a failed read may be retried by the next row
+            raise
+
+    def stats(self) -> dict[str, Any]:
+        s = self.http.transport.stats
+        return {
+            "requests": dict(s.requests),
+            "retries": s.retries,
+            "throttled": s.throttled,
+            "token_requests": self.tokens.requests if hasattr(self.tokens, "requests") else None,
+        }
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+        close = getattr(self.tokens, "close", None)
+        if close is not None:
+            close()
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
