@@ -1,0 +1,262 @@
+"""Rendering shared by the commands: the GAX CFG file, JSON, a table for people, safe file writes.
+
+No Typer here; rich is imported only inside :func:`print_table`, so commands that print CFG or
+JSON never pay for it.
+
+CFG format (GAX "Bulk Provisioning of Configuration Options", CFG/CONF): UTF-8, one ``[section]``
+or ``option=value`` per line, empty values kept as ``option=``. GAX documents neither comments
+nor escaping, so this module writes neither: notes go to stderr, and a value that a line-based
+file cannot hold (a line break, a control character) is refused instead of being mangled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from .errors import ConfigError, EsjProvisionError, UsageError
+
+if TYPE_CHECKING:
+    from .esj_options import EsjOption, EsjOptionSet
+
+# Same rule as esj_options: anything that could split a line, or a control character.
+_BAD_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+JSON_OPTION_KEYS = ("section", "name", "value", "confirmed", "source", "placeholder", "secret", "note")
+
+
+# --------------------------------------------------------------------------------------------
+# CFG
+
+
+def render_cfg(option_sets: Sequence[EsjOptionSet]) -> str:
+    """The CFG text for one or more mailboxes; each section appears once, in first-seen order."""
+    sections: dict[str, list[EsjOption]] = {}
+    owner: dict[str, str] = {}
+    for option_set in option_sets:
+        for section in option_set.sections:
+            if section in owner:
+                raise UsageError(
+                    f"section [{section}] is used by both {owner[section]} and {option_set.mailbox}",
+                    hint="give each mailbox its own section index",
+                )
+        for section in option_set.sections:
+            owner[section] = option_set.mailbox
+        for o in option_set.options:
+            sections.setdefault(o.section, []).append(o)
+
+    lines: list[str] = []
+    for section, options in sections.items():
+        if not _NAME.match(section):
+            raise UsageError(f"section name {section!r} cannot be written to a CFG file")
+        lines.append(f"[{section}]")
+        seen: set[str] = set()
+        for o in options:
+            if not _NAME.match(o.name):
+                raise UsageError(f"option name {o.key!r} cannot be written to a CFG file")
+            if o.name in seen:
+                raise UsageError(f"option {o.key} appears twice")
+            seen.add(o.name)
+            if _BAD_CHARS.search(o.value):
+                shown = "(secret)" if o.secret else repr(o.value)
+                raise UsageError(
+                    f"{o.key} value {shown} contains a line break or control character; "
+                    "a CFG file cannot hold it"
+                )
+            lines.append(f"{o.name}={o.value}")
+    return "".join(line + "\n" for line in lines)
+
+
+def parse_cfg(text: str, source: str = "<cfg>") -> dict[str, dict[str, str]]:
+    """Parse CFG text back into section -> option -> value. Exact inverse of :func:`render_cfg`.
+
+    Values are kept byte for byte (no stripping: ESJ reads them as they are); option names and
+    section headers are stripped. Tolerates what an exported or hand-edited file may carry: a
+    UTF-8 BOM, CRLF line ends, blank lines, ``#``/``;`` comment lines. Raises ConfigError with
+    the line number for anything else.
+    """
+    result: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    current_name = ""
+    # Split on "\n" only: str.splitlines() would also split on characters a value may contain.
+    for number, raw in enumerate(text.removeprefix("\ufeff").split("\n"), start=1):
+        line = raw.removesuffix("\r")
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#;":
+            continue
+        if stripped.startswith("[") and stripped.endswith("]"):
+            current_name = stripped[1:-1].strip()
+            if not current_name:
+                raise ConfigError(f"{source}: line {number}: empty section name")
+            if current_name in result:
+                raise ConfigError(f"{source}: line {number}: section [{current_name}] appears twice")
+            current = result[current_name] = {}
+            continue
+        name, sep, value = line.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            raise ConfigError(f"{source}: line {number}: expected [section] or option=value, got {line!r}")
+        if current is None:
+            raise ConfigError(f"{source}: line {number}: option {name!r} before any [section]")
+        if name in current:
+            raise ConfigError(f"{source}: line {number}: option {current_name}/{name} appears twice")
+        current[name] = value
+    return result
+
+
+# --------------------------------------------------------------------------------------------
+# JSON
+
+
+def option_set_to_dict(option_set: EsjOptionSet) -> dict[str, Any]:
+    """The documented JSON shape for one mailbox (keys are stable; new keys may be added)."""
+    return {
+        "mailbox": option_set.mailbox,
+        "trustee": option_set.trustee,
+        "inbound": option_set.inbound.value,
+        "outbound": option_set.outbound.value,
+        "auto_response": option_set.auto_response,
+        "cloud": option_set.cloud,
+        "sections": {"inbound": option_set.inbound_section, "outbound": option_set.outbound_section},
+        "options": [
+            {
+                "section": o.section,
+                "name": o.name,
+                "value": o.value,
+                "confirmed": o.confirmed,
+                "source": o.source,
+                "placeholder": o.placeholder,
+                "secret": o.secret,
+                "note": o.note,
+            }
+            for o in option_set.options
+        ],
+        "notes": list(option_set.notes),
+        "unconfirmed": [o.key for o in option_set.unconfirmed],
+        "placeholders": [o.key for o in option_set.placeholders],
+    }
+
+
+def render_json(data: EsjOptionSet | Sequence[EsjOptionSet]) -> str:
+    """One option set gives an object; a sequence gives an array (the input decides, not its length)."""
+    from .esj_options import EsjOptionSet
+
+    obj: Any = (
+        option_set_to_dict(data) if isinstance(data, EsjOptionSet) else [option_set_to_dict(s) for s in data]
+    )
+    return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+
+
+# --------------------------------------------------------------------------------------------
+# Table for people
+
+
+def print_table(
+    option_sets: Sequence[EsjOptionSet], *, file: TextIO | None = None, width: int | None = None
+) -> None:
+    """A rich table per mailbox; unconfirmed values and placeholders are marked; notes below.
+
+    When the output is not a terminal the table is laid out wide (unless ``width`` is given), so
+    a value is never wrapped mid-way in a file or a pipe.
+    """
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    out = file if file is not None else sys.stdout
+    if width is None and not _isatty(out):
+        width = 200
+    con = Console(file=out, width=width, highlight=False, soft_wrap=False)
+    for option_set in option_sets:
+        table = Table(
+            title=(
+                f"ESJ options for {option_set.mailbox} "
+                f"(inbound {option_set.inbound.value}, outbound {option_set.outbound.value}, "
+                f"cloud {option_set.cloud})"
+            ),
+            title_justify="left",
+        )
+        table.add_column("section", no_wrap=True)
+        table.add_column("option", no_wrap=True)
+        table.add_column("value", overflow="fold")
+        table.add_column("status", no_wrap=True)
+        for o in option_set.options:
+            value = Text(o.value) if o.value else Text('""  (empty, key kept)', style="dim")
+            if o.placeholder:
+                status = Text("REPLACE (placeholder)", style="bold red")
+            elif not o.confirmed:
+                status = Text(f"UNCONFIRMED ({o.source})", style="yellow")
+            else:
+                status = Text(f"confirmed ({o.source})", style="green")
+            table.add_row(Text(o.section), Text(o.name), value, status)
+        con.print(table)
+        con.print(Text("Notes:", style="bold"))
+        for note in option_set.notes:
+            # soft_wrap: one line per note, so a pipe or file gets whole sentences (greppable).
+            con.print(Text(f"- {note}"), soft_wrap=True)
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+
+
+def write_output(path: str | os.PathLike[str], text: str, *, contains_secret: bool) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; mode 0600 when it holds a secret.
+
+    The data goes to a temporary file in the same directory, created with its final mode (a
+    secret is never readable by others, not even for a moment), then ``os.replace`` puts it in
+    place. On any error the temporary file is removed and the target is left as it was.
+    """
+    target = Path(path)
+    directory = target.parent
+    if not directory.is_dir():
+        raise UsageError(
+            f"cannot write {target}: directory {directory} does not exist",
+            hint="create the directory first, or choose another --out",
+        )
+    if target.is_dir():
+        raise UsageError(f"cannot write {target}: it is a directory")
+
+    mode = 0o600 if contains_secret else 0o666  # 0o666 is narrowed by the umask, as usual
+    tmp: str | None = None
+    try:
+        for _ in range(100):
+            tmp = os.path.join(directory, f".{target.name}.{os.urandom(6).hex()}.tmp")
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
+                break
+            except FileExistsError:
+                continue
+        else:  # pragma: no cover - 100 random collisions
+            raise FileExistsError(f"no free temporary name in {directory}")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(text.encode("utf-8"))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+        tmp = None
+    except OSError as exc:
+        raise EsjProvisionError(
+            f"cannot write {target}: {exc.strerror or exc}",
+            hint="check the directory exists and is writable",
+        ) from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+    return target
+
