@@ -81,8 +81,10 @@ class TokenProvider:
 
     def _build(self) -> Any:
         s = self._settings
-        s.require_tenant()
+        s.require_tenant()  # so every optional field used below is set for the chosen kind
         import azure.identity as ai
+
+        tenant, client = str(s.tenant_id), str(s.client_id)
 
         common: dict[str, Any] = {"authority": s.authority_host}
         if s.ca_bundle:
@@ -91,12 +93,12 @@ class TokenProvider:
         kind = s.resolved_auth
         if kind == "secret":
             return ai.ClientSecretCredential(
-                s.tenant_id, s.client_id, s.client_secret, disable_instance_discovery=True, **common
+                tenant, client, str(s.client_secret), disable_instance_discovery=True, **common
             )
         if kind == "certificate":
             return ai.CertificateCredential(
-                s.tenant_id,
-                s.client_id,
+                tenant,
+                client,
                 certificate_path=s.certificate_path,
                 password=s.certificate_password,
                 disable_instance_discovery=True,
@@ -104,9 +106,9 @@ class TokenProvider:
             )
         if kind == "workload-identity":
             return ai.WorkloadIdentityCredential(
-                tenant_id=s.tenant_id,
-                client_id=s.client_id,
-                token_file_path=s.federated_token_file,
+                tenant_id=tenant,
+                client_id=client,
+                token_file_path=str(s.federated_token_file),
                 disable_instance_discovery=True,
                 **common,
             )

@@ -185,6 +185,12 @@ class MicrosoftTransport(httpx.AsyncBaseTransport):
         self._rng = rng or random.Random()
         self.stats = Stats()
 
+    @property
+    def sleep(self) -> Callable[[float], Awaitable[Any]]:
+        """The sleep used for backoff (a recording fake in tests). Callers that retry parts of a
+        response themselves, such as the items of a Graph batch, wait with it too."""
+        return self._sleep
+
     def resource_for(self, url: httpx.URL) -> Resource | None:
         text = str(url)
         for r in self._resources:
@@ -275,11 +281,12 @@ class MicrosoftTransport(httpx.AsyncBaseTransport):
                     pacer.on_success()
                 return response
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            delay = self.policy.backoff(attempt, retry_after, self._rng)
             if status == 429:
                 self.stats.throttled += 1
                 if pacer:
-                    pacer.on_throttle(retry_after if retry_after is not None else 1.0)
-            delay = self.policy.backoff(attempt, retry_after, self._rng)
+                    # Retry-After, or exponential backoff when none was sent, pauses every caller.
+                    pacer.on_throttle(delay)
             if attempt >= self.policy.max_attempts or waited + delay > self.policy.max_total_wait:
                 return response  # the caller turns it into ThrottledError/TransientError
             await response.aread()

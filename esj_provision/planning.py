@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from .errors import AmbiguousWriteError, EsjProvisionError, MailboxNotEnabledForRestError, NotFoundError
+from .exchange import holds
 from .journal import Entry, Journal
 from .models import DirectoryUser, Inbound, Outbound, Right, State
 
@@ -297,34 +298,15 @@ async def preflight(
 # -- plan --------------------------------------------------------------------------------------
 
 
-def _full_access_present(plan: Plan, rows: list[Any]) -> bool:
-    aliases = plan.trustee_aliases()
-    return any(
-        r.is_delegation and "fullaccess" in {a.lower() for a in r.access_rights} and r.user.lower() in aliases
-        for r in rows
-    )
-
-
-def _send_as_present(plan: Plan, rows: list[Any]) -> bool:
-    aliases = plan.trustee_aliases()
-    return any(
-        r.allow
-        and not r.is_inherited
-        and "sendas" in {a.lower() for a in r.access_rights}
-        and r.trustee.lower() in aliases
-        for r in rows
-    )
-
-
 async def read_state(session: Session, plan: Plan, right: Right) -> tuple[State, str | None]:
     """Whether the trustee holds ``right`` on the mailbox; UNKNOWN (with the error) if unreadable."""
     try:
         if right is Right.FULL_ACCESS:
             rows = await session.exchange.get_mailbox_permissions(plan.mailbox_id, user=plan.trustee_id)
-            present = _full_access_present(plan, rows)
+            present = holds(rows, plan.trustee_aliases())
         else:
             rrows = await session.exchange.get_recipient_permissions(plan.mailbox_id, trustee=plan.trustee_id)
-            present = _send_as_present(plan, rrows)
+            present = holds(rrows, plan.trustee_aliases())
     except NotFoundError as exc:
         # Get-MailboxPermission -User for a trustee without any entry can answer "not found" on some
         # tenants; only the mailbox itself missing is a real error, and preflight caught that.

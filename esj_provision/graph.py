@@ -1,0 +1,506 @@
+"""Microsoft Graph: resolve users and mailboxes, classify them (userPurpose), find service principals.
+
+msgraph-sdk builds every request (URL templates, escaping, query options), but responses are read
+as raw JSON (``send_primitive_async(..., "bytes")`` + ``json.loads``): the SDK's model parsing
+costs about 5 ms per entity (shared/reference/dependencies.md §6). The SDK is imported only when a
+:class:`GraphClient` first needs it, never at module import, so ``--help`` stays fast.
+
+The SDK is given the project's shared httpx client as is, without kiota's middleware: retries,
+throttling, pacing and tokens live in :mod:`esj_provision.http` alone.
+
+JSON batching (``$batch``) is sent as plain JSON through the same client: the SDK's batch API
+would parse every item into models, and per-item throttling needs handling here anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+from .errors import (
+    AccessDeniedError,
+    EsjProvisionError,
+    MailboxNotEnabledForRestError,
+    NotFoundError,
+    ServiceError,
+    ThrottledError,
+    TransientError,
+)
+from .http import RETRYABLE_STATUS, parse_retry_after
+from .models import DirectoryUser, ServicePrincipal
+
+if TYPE_CHECKING:
+    import httpx
+
+    from .http import MicrosoftHttp
+
+log = logging.getLogger("esj_provision.graph")
+
+USER_SELECT = ("id", "userPrincipalName", "mail", "displayName", "accountEnabled")
+SP_SELECT = ("id", "appId", "displayName")
+BATCH_LIMIT = 20  # Graph's hard limit of requests in one $batch
+
+# What each operation reads, and the application permission it needs.
+_OPS: dict[str, tuple[str, str]] = {
+    "user": ("the user", "User.Read.All"),
+    "purpose": ("the mailbox settings", "MailboxSettings.Read"),
+    "service_principal": ("service principals", "Application.Read.All"),
+}
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    """One reference's outcome in :meth:`GraphClient.lookup_many`: errors are values, not raised.
+
+    ``error`` is why the user could not be read (then ``user`` is None); ``purpose_error`` why its
+    userPurpose could not (with_purpose only; e.g. MailboxNotEnabledForRestError for a user that
+    exists but whose mailbox Graph cannot read).
+    """
+
+    ref: str
+    user: DirectoryUser | None = None
+    purpose: str | None = None
+    error: EsjProvisionError | None = None
+    purpose_error: EsjProvisionError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.purpose_error is None
+
+
+# --------------------------------------------------------------------------------------------
+# Error mapping
+# --------------------------------------------------------------------------------------------
+
+
+def graph_error(
+    status: int,
+    code: str,
+    message: str,
+    request_id: str | None,
+    *,
+    op: str,
+    ref: str | None = None,
+) -> EsjProvisionError:
+    """The one mapping from a Graph error (single call or batch item) to the project's errors."""
+    what, permission = _OPS.get(op, ("the object", "User.Read.All"))
+    subject = f"{ref}: " if ref else ""
+    detail = f" ({message})" if message else ""
+    kw: dict[str, Any] = {"request_id": request_id, "status_code": status}
+    if status == 404 and code.lower() in {"mailboxnotenabledforrestapi", "mailboxnotsupportedforrestapi"}:
+        return MailboxNotEnabledForRestError(
+            f"{subject}the mailbox is inactive, soft-deleted, unlicensed or on-premises; Graph cannot read it",
+            hint="check in the Exchange admin center that the mailbox is in Exchange Online, active and "
+            "not soft-deleted (an on-premises mailbox must be migrated first)",
+            **kw,
+        )
+    if status == 404:
+        return NotFoundError(
+            f"{subject}not found in the directory{detail}",
+            hint="check the address (UPN, primary address or object id)",
+            **kw,
+        )
+    if status == 403:
+        if "access to odata is disabled" in message.lower() or "accesspolicy" in message.lower():
+            return AccessDeniedError(
+                f"{subject}an Application Access Policy or an RBAC for Applications scope excludes this "
+                f"mailbox from the provisioning app{detail}",
+                hint="add the mailbox to the policy's group or the role assignment's scope "
+                "(Test-ApplicationAccessPolicy / Test-ServicePrincipalAuthorization show which applies)",
+                **kw,
+            )
+        return AccessDeniedError(
+            f"{subject}Graph denied access to {what}: the app lacks the {permission} application "
+            f"permission{detail}",
+            hint=f"in the app registration add Microsoft Graph > {permission} (Application) and grant "
+            "admin consent",
+            **kw,
+        )
+    if status == 401:
+        return AccessDeniedError(
+            f"{subject}Graph refused the app's token (401){detail}",
+            hint="grant admin consent for the app's Microsoft Graph permissions, and check that the "
+            "tenant and --cloud match the app registration",
+            **kw,
+        )
+    if status == 429:
+        return ThrottledError(
+            f"{subject}Graph is still throttling the app after the retries",
+            hint="wait a few minutes and run again",
+            **kw,
+        )
+    if status >= 500:
+        return TransientError(
+            f"{subject}Graph failed ({status}){detail}", hint="Microsoft's service had a problem; try again later", **kw
+        )
+    return ServiceError(
+        f"{subject}Graph answered {status}{f' {code}' if code else ''}{detail}",
+        hint="quote the request id to Microsoft support if it persists",
+        **kw,
+    )
+
+
+def _error_fields(payload: Any) -> tuple[str, str, str | None]:
+    """code, message and request id of a Graph error body ``{"error":{"code","message","innerError"}}``."""
+    err = payload.get("error") if isinstance(payload, dict) else None
+    if not isinstance(err, dict):
+        return "", "", None
+    inner = err.get("innerError") or err.get("innererror") or {}
+    rid = inner.get("request-id") if isinstance(inner, dict) else None
+    return str(err.get("code") or ""), str(err.get("message") or ""), str(rid) if rid else None
+
+
+def _header(headers: Any, name: str) -> str | None:
+    """A header from httpx.Headers or the plain dict kiota sometimes hands over, ignoring case."""
+    if headers is None:
+        return None
+    if hasattr(headers, "get") and headers.get(name) is not None:
+        return str(headers.get(name))
+    if isinstance(headers, Mapping):
+        for k, v in headers.items():
+            if str(k).lower() == name:
+                return str(v)
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# Parsing (pure)
+# --------------------------------------------------------------------------------------------
+
+
+def parse_user(data: Mapping[str, Any]) -> DirectoryUser:
+    return DirectoryUser(
+        id=str(data.get("id") or ""),
+        user_principal_name=str(data.get("userPrincipalName") or ""),
+        mail=data.get("mail") or None,
+        display_name=data.get("displayName") or None,
+        account_enabled=data.get("accountEnabled"),
+    )
+
+
+def parse_user_purpose(data: Mapping[str, Any]) -> str | None:
+    """``{"value":"shared"}`` (the userPurpose path), ``{"userPurpose":{"value":"user"}}`` (older
+    examples of full mailboxSettings) or ``{"userPurpose":"shared"}``; None when absent."""
+    value: Any = data.get("userPurpose", data.get("value"))
+    if isinstance(value, dict):
+        value = value.get("value")
+    return str(value) if isinstance(value, str) and value else None
+
+
+def _odata_literal(ref: str) -> str:
+    """``users('$x@y')``: an OData string literal (quotes doubled), percent-encoded for the path."""
+    return quote(ref.replace("'", "''"), safe="@$!*,;:+=")
+
+
+# --------------------------------------------------------------------------------------------
+# The client
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Item:
+    key: str  # the casefolded reference
+    kind: str  # "user" or "purpose"
+    url: str  # relative to /v1.0
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    item: _Item
+    status: int
+    headers: Any
+    body: Any
+    final: bool = False  # the outer POST failed after the transport's retries: never sent again
+
+
+class GraphClient:
+    """Graph reads for provisioning, over the shared :class:`MicrosoftHttp` client."""
+
+    def __init__(self, http: MicrosoftHttp, *, concurrency: int = 4, batch_size: int = BATCH_LIMIT) -> None:
+        self._http = http
+        self.base_url = f"{http.settings.graph_endpoint}/v1.0"
+        self._concurrency = max(1, concurrency)
+        self._batch_size = max(1, min(BATCH_LIMIT, batch_size))
+        self._rng = random.Random()
+        self._sdk: Any = None
+        self._adapter: Any = None
+
+    def _client(self) -> Any:
+        if self._sdk is None:
+            from kiota_abstractions.authentication import AnonymousAuthenticationProvider
+            from msgraph import GraphRequestAdapter, GraphServiceClient
+
+            # Anonymous: the transport adds the bearer token. client=: the shared client exactly as
+            # it is, so kiota adds no retry/redirect middleware of its own.
+            adapter = GraphRequestAdapter(AnonymousAuthenticationProvider(), client=self._http.client)
+            # Explicit, without a trailing slash: otherwise the SDK derives it from the httpx client
+            # and requests go to /v1.0//users/... (dependencies.md §3).
+            adapter.base_url = self.base_url
+            self._sdk = GraphServiceClient(request_adapter=adapter)
+            self._adapter = adapter
+        return self._sdk
+
+    # -- request builders (the SDK's) ---------------------------------------------------------
+
+    def user_request(self, ref: str) -> Any:
+        """RequestInformation for ``GET /users/{ref}?$select=...``."""
+        sdk = self._client()
+        builder = sdk.users.by_user_id(ref)
+        if ref.startswith("$"):
+            # A UPN starting with $ reads as an OData system segment; Graph wants /users('$x@y').
+            return builder.with_url(
+                f"{self.base_url}/users('{_odata_literal(ref)}')?$select={','.join(USER_SELECT)}"
+            ).to_get_request_information()
+        from kiota_abstractions.base_request_configuration import RequestConfiguration
+        from msgraph.generated.users.item.user_item_request_builder import UserItemRequestBuilder
+
+        params = UserItemRequestBuilder.UserItemRequestBuilderGetQueryParameters(select=list(USER_SELECT))
+        return builder.to_get_request_information(RequestConfiguration(query_parameters=params))
+
+    def user_purpose_request(self, ref: str) -> Any:
+        """RequestInformation for ``GET /users/{ref}/mailboxSettings/userPurpose``."""
+        sdk = self._client()
+        builder = sdk.users.by_user_id(ref).mailbox_settings
+        if ref.startswith("$"):
+            return builder.with_url(
+                f"{self.base_url}/users('{_odata_literal(ref)}')/mailboxSettings/userPurpose"
+            ).to_get_request_information()
+        info = builder.to_get_request_information()
+        # The SDK has no builder for the userPurpose property; extend the mailboxSettings template
+        # (keeping the SDK's escaping of the user id) rather than reading every mailbox setting.
+        info.url_template = info.url_template.replace("/mailboxSettings{", "/mailboxSettings/userPurpose{", 1)
+        return info
+
+    def service_principal_request(self, app_id: str) -> Any:
+        """RequestInformation for ``GET /servicePrincipals?$filter=appId eq '<id>'&$select=...``."""
+        from kiota_abstractions.base_request_configuration import RequestConfiguration
+        from msgraph.generated.service_principals.service_principals_request_builder import (
+            ServicePrincipalsRequestBuilder,
+        )
+
+        sdk = self._client()
+        params = ServicePrincipalsRequestBuilder.ServicePrincipalsRequestBuilderGetQueryParameters(
+            filter=f"appId eq '{app_id.replace(chr(39), chr(39) * 2)}'", select=list(SP_SELECT)
+        )
+        return sdk.service_principals.to_get_request_information(RequestConfiguration(query_parameters=params))
+
+    def url_of(self, info: Any) -> str:
+        """The absolute URL a RequestInformation resolves to."""
+        self._client()
+        self._adapter.set_base_url_for_request_information(info)
+        return str(info.url)
+
+    def relative_url(self, info: Any) -> str:
+        """The URL relative to /v1.0, as $batch items need it."""
+        url = self.url_of(info)
+        return url[len(self.base_url) :] if url.startswith(self.base_url) else url
+
+    async def _send(self, info: Any, *, op: str, ref: str | None) -> dict[str, Any]:
+        from kiota_abstractions.api_error import APIError
+        from msgraph.generated.models.o_data_errors.o_data_error import ODataError
+
+        self._client()
+        try:
+            raw = await self._adapter.send_primitive_async(info, "bytes", {"XXX": ODataError})
+        except ODataError as exc:
+            main = exc.error
+            inner = getattr(main, "inner_error", None)
+            raise graph_error(
+                exc.response_status_code or 0,
+                str(getattr(main, "code", "") or ""),
+                str(getattr(main, "message", "") or ""),
+                getattr(inner, "request_id", None) or _header(exc.response_headers, "request-id"),
+                op=op,
+                ref=ref,
+            ) from None
+        except APIError as exc:  # an error body that is not Graph's JSON (empty, HTML gateway page)
+            raise graph_error(
+                exc.response_status_code or 0, "", "", _header(exc.response_headers, "request-id"), op=op, ref=ref
+            ) from None
+        try:
+            data = json.loads(raw) if raw else {}
+        except ValueError:
+            raise ServiceError(f"{ref or op}: Graph answered with a body that is not JSON") from None
+        if not isinstance(data, dict):
+            raise ServiceError(f"{ref or op}: Graph answered with unexpected JSON")
+        return data
+
+    # -- single reads -------------------------------------------------------------------------
+
+    async def get_user(self, ref: str) -> DirectoryUser:
+        """A user by UPN, address or object id. Raises NotFoundError, AccessDeniedError, ..."""
+        return parse_user(await self._send(self.user_request(ref), op="user", ref=ref))
+
+    async def get_user_purpose(self, ref: str) -> str:
+        """``shared``, ``user``, ``room``, ... Raises MailboxNotEnabledForRestError for a mailbox Graph
+        cannot read (inactive, soft-deleted, unlicensed, on-premises)."""
+        data = await self._send(self.user_purpose_request(ref), op="purpose", ref=ref)
+        purpose = parse_user_purpose(data)
+        if purpose is None:
+            raise ServiceError(f"{ref}: Graph returned no userPurpose", hint="report this with the request id")
+        return purpose
+
+    async def get_service_principal(self, app_id: str) -> ServicePrincipal | None:
+        """The enterprise application (service principal) of an app id in this tenant, or None."""
+        data = await self._send(self.service_principal_request(app_id), op="service_principal", ref=app_id)
+        for sp in data.get("value") or []:
+            if isinstance(sp, dict) and sp.get("id"):
+                return ServicePrincipal(
+                    id=str(sp["id"]), app_id=str(sp.get("appId") or app_id), display_name=sp.get("displayName")
+                )
+        return None
+
+    # -- batched reads ------------------------------------------------------------------------
+
+    async def lookup_many(self, refs: Iterable[str], with_purpose: bool = False) -> dict[str, LookupResult]:
+        """Resolve many references with JSON batching (at most 20 requests per $batch).
+
+        Returns one LookupResult per distinct reference (keyed by the reference as given; a second
+        spelling differing only in case shares the first's result). Per-item errors are values.
+        Items throttled (429) or failing with 502/503/504 are sent again, alone, after their
+        Retry-After (or backoff), within the transport's retry policy; the outer POST's own
+        throttling and 5xx are the transport's job.
+        """
+        keys: dict[str, str] = {}  # given ref -> key
+        first: dict[str, str] = {}  # key -> first spelling
+        for ref in refs:
+            r = ref.strip()
+            if not r:
+                continue
+            key = r.casefold()
+            keys[ref] = key
+            first.setdefault(key, r)
+        items: list[_Item] = []
+        for key, ref in first.items():
+            items.append(_Item(key, "user", self.relative_url(self.user_request(ref))))
+            if with_purpose:
+                items.append(_Item(key, "purpose", self.relative_url(self.user_purpose_request(ref))))
+
+        users: dict[str, DirectoryUser] = {}
+        purposes: dict[str, str] = {}
+        errors: dict[tuple[str, str], EsjProvisionError] = {}
+        policy = self._http.transport.policy
+        pending, attempt, waited = items, 0, 0.0
+        while pending:
+            attempt += 1
+            outcomes = await self._run_batches(pending)
+            retry: list[_Item] = []
+            waits: list[float] = []
+            throttled = False
+            for o in outcomes:
+                if o.status in RETRYABLE_STATUS and not o.final and attempt < policy.max_attempts:
+                    retry.append(o.item)
+                    ra = parse_retry_after(_header(o.headers, "retry-after"))
+                    waits.append(policy.backoff(attempt, ra, self._rng))
+                    throttled = throttled or o.status == 429
+                    continue
+                self._record(o, first[o.item.key], users, purposes, errors)
+            if not retry:
+                break
+            delay = max(waits)
+            if waited + delay > policy.max_total_wait:
+                for item in retry:
+                    errors[(item.key, item.kind)] = graph_error(
+                        429, "", "", None, op=item.kind, ref=first[item.key]
+                    )
+                break
+            waited += delay
+            log.debug("%d batch item(s) throttled or failed; again in %.2fs", len(retry), delay)
+            pacer = self._http.transport.pacers.get("graph")
+            if throttled and pacer is not None:
+                # The pacer pauses every Graph caller and slows down; the next $batch POST waits
+                # out the delay in the transport's acquire().
+                pacer.on_throttle(delay)
+            else:
+                await self._http.transport.sleep(delay)
+            pending = retry
+
+        out: dict[str, LookupResult] = {}
+        for ref, key in keys.items():
+            out[ref] = LookupResult(
+                ref=ref,
+                user=users.get(key),
+                purpose=purposes.get(key),
+                error=errors.get((key, "user")),
+                purpose_error=errors.get((key, "purpose")),
+            )
+        return out
+
+    @staticmethod
+    def _record(
+        outcome: _Outcome,
+        ref: str,
+        users: dict[str, DirectoryUser],
+        purposes: dict[str, str],
+        errors: dict[tuple[str, str], EsjProvisionError],
+    ) -> None:
+        item, status, body = outcome.item, outcome.status, outcome.body
+        if 200 <= status < 300 and isinstance(body, dict):
+            if item.kind == "user":
+                users[item.key] = parse_user(body)
+                return
+            purpose = parse_user_purpose(body)
+            if purpose is not None:
+                purposes[item.key] = purpose
+                return
+            errors[(item.key, item.kind)] = ServiceError(f"{ref}: Graph returned no userPurpose")
+            return
+        if 200 <= status < 300:
+            errors[(item.key, item.kind)] = ServiceError(f"{ref}: Graph returned a batch item that is not JSON")
+            return
+        code, message, rid = _error_fields(body)
+        errors[(item.key, item.kind)] = graph_error(status, code, message, rid, op=item.kind, ref=ref)
+
+    async def _run_batches(self, items: list[_Item]) -> list[_Outcome]:
+        chunks = [items[i : i + self._batch_size] for i in range(0, len(items), self._batch_size)]
+        gate = asyncio.Semaphore(self._concurrency)
+
+        async def one(chunk: list[_Item]) -> list[_Outcome]:
+            async with gate:
+                return await self._send_batch(chunk)
+
+        results = await asyncio.gather(*(one(c) for c in chunks))
+        return [outcome for batch in results for outcome in batch]
+
+    async def _send_batch(self, chunk: list[_Item]) -> list[_Outcome]:
+        """One $batch POST and an outcome for every item; an outer failure (already retried by the
+        transport) becomes a final outcome with that status for each of its items."""
+        requests = [{"id": str(n), "method": "GET", "url": item.url} for n, item in enumerate(chunk, 1)]
+        response = await self._http.client.post(
+            f"{self.base_url}/$batch", json={"requests": requests}, headers={"Accept": "application/json"}
+        )
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = None
+        if not response.is_success:
+            body = self._outer_body(response, payload)
+            return [_Outcome(item, response.status_code, response.headers, body, final=True) for item in chunk]
+        answers = {
+            str(r.get("id")): r for r in (payload or {}).get("responses") or [] if isinstance(r, dict)
+        }  # order is not guaranteed: match by id
+        out: list[_Outcome] = []
+        for n, item in enumerate(chunk, 1):
+            answer = answers.get(str(n))
+            if answer is None:
+                missing = {"error": {"message": "Graph's $batch response had no answer for this item"}}
+                out.append(_Outcome(item, 502, {}, missing, final=True))
+                continue
+            out.append(_Outcome(item, int(answer.get("status") or 0), answer.get("headers") or {}, answer.get("body")))
+        return out
+
+    @staticmethod
+    def _outer_body(response: httpx.Response, payload: Any) -> Any:
+        if isinstance(payload, dict) and "error" in payload:
+            error = dict(payload["error"]) if isinstance(payload["error"], dict) else {}
+            inner = error.get("innerError") or {}
+            if isinstance(inner, dict) and not inner.get("request-id") and response.headers.get("request-id"):
+                error["innerError"] = {**inner, "request-id": response.headers["request-id"]}
+            return {"error": error}
+        return {"error": {"innerError": {"request-id": response.headers.get("request-id")}}}

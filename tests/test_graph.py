@@ -1,0 +1,512 @@
+"""GraphClient: SDK-built requests, raw JSON, error mapping, JSON batching with per-item retries.
+
+Bodies come from tests/msft_shapes.py; respx answers; a fake clock records every wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import httpx
+import pytest
+import respx
+from msft_shapes import (
+    GRAPH_ACCESS_DENIED,
+    GRAPH_NOT_FOUND,
+    GRAPH_REST_DISABLED,
+    GRAPH_USER,
+    USER_PURPOSE_OBJECT,
+    USER_PURPOSE_STRING,
+)
+
+from esj_provision.config import Settings, load_settings
+from esj_provision.credentials import Token
+from esj_provision.errors import (
+    AccessDeniedError,
+    MailboxNotEnabledForRestError,
+    NotFoundError,
+    ServiceError,
+    ThrottledError,
+    TransientError,
+)
+from esj_provision.graph import GraphClient, LookupResult, parse_user_purpose
+from esj_provision.http import AdaptivePacer, MicrosoftHttp, RetryPolicy
+
+T = TypeVar("T")
+V1 = "https://graph.microsoft.com/v1.0"
+BATCH = f"{V1}/$batch"
+SELECT = ["id,userPrincipalName,mail,displayName,accountEnabled"]
+UPN = "support@contoso.onmicrosoft.com"
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def settings() -> Settings:
+    return load_settings(
+        environ={
+            "AZURE_TENANT_ID": "contoso.onmicrosoft.com",
+            "AZURE_CLIENT_ID": "11111111-2222-3333-4444-555555555555",
+            "AZURE_CLIENT_SECRET": "not-a-real-secret",
+        },
+        dotenv_path=Path("/nonexistent/.env"),
+    )
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, delay: float) -> None:
+        self.sleeps.append(delay)
+        self.now += delay
+
+
+class FakeTokens:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, bool]] = []
+
+    async def get(self, scope: str, *, force_refresh: bool = False) -> Token:
+        self.calls.append((scope, force_refresh))
+        return Token(f"graph-{len(self.calls)}", time.time() + 3600)
+
+
+class Env:
+    def __init__(self, router: respx.Router, policy: RetryPolicy | None = None) -> None:
+        self.time = FakeTime()
+        self.tokens = FakeTokens()
+        self.http = MicrosoftHttp(
+            settings(),
+            self.tokens,  # type: ignore[arg-type]
+            policy=policy,
+            inner=httpx.MockTransport(router.async_handler),
+            sleep=self.time.sleep,
+        )
+        self.http.transport.pacers = {
+            name: AdaptivePacer(clock=self.time.clock, sleep=self.time.sleep) for name in ("graph", "exchange")
+        }
+        self.graph = GraphClient(self.http)
+
+
+def user_body(ref: str) -> dict[str, Any]:
+    return {**GRAPH_USER, "id": f"id-{ref}", "userPrincipalName": ref, "mail": ref}
+
+
+def batch_answer(
+    item: Callable[[dict[str, Any]], dict[str, Any]], log: list[list[dict[str, Any]]]
+) -> Callable[[httpx.Request], httpx.Response]:
+    """A $batch endpoint: answers each sub-request with ``item(sub)``, in reverse order (Graph does
+    not promise any order), and logs what each POST asked for."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        requests = json.loads(request.content)["requests"]
+        log.append(requests)
+        responses = [{"id": sub["id"], **item(sub)} for sub in requests]
+        return httpx.Response(200, json={"responses": list(reversed(responses))})
+
+    return handler
+
+
+def ref_of(sub: dict[str, Any]) -> str:
+    return unquote(urlsplit(sub["url"]).path.split("/")[2])
+
+
+# -- single calls -----------------------------------------------------------------------------
+
+
+def test_get_user_url_select_and_parsing() -> None:
+    router = respx.Router()
+    route = router.get(url__startswith=f"{V1}/users/").respond(200, json=GRAPH_USER)
+
+    async def go() -> Any:
+        env = Env(router)
+        return await env.graph.get_user(UPN)
+
+    user = run(go())
+    request = route.calls.last.request
+    assert request.url.host == "graph.microsoft.com"
+    assert request.url.path == f"/v1.0/users/{UPN}"
+    assert "//" not in request.url.raw_path.decode()
+    assert parse_qs(request.url.query.decode()) == {"$select": SELECT}
+    assert request.headers["Authorization"] == "Bearer graph-1"
+    assert user.id == GRAPH_USER["id"] and user.user_principal_name == UPN
+    assert user.mail == "support@contoso.com" and user.display_name == "Customer Support"
+    assert user.account_enabled is False and user.address == "support@contoso.com"
+
+
+def test_sdk_uses_the_shared_client_without_middleware() -> None:
+    router = respx.Router()
+    env = Env(router)
+    env.graph.user_request(UPN)  # builds the SDK client
+    assert env.graph._adapter._http_client is env.http.client
+    assert env.graph._adapter.base_url == V1
+
+
+def test_dollar_upn_uses_the_key_form() -> None:
+    router = respx.Router()
+    route = router.get(url__startswith=f"{V1}/users(").respond(200, json=GRAPH_USER)
+
+    async def go() -> None:
+        await Env(router).graph.get_user("$svc@contoso.com")
+
+    run(go())
+    request = route.calls.last.request
+    assert unquote(request.url.path) == "/v1.0/users('$svc@contoso.com')"
+    assert parse_qs(request.url.query.decode()) == {"$select": SELECT}
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (USER_PURPOSE_STRING, "shared"),
+        (USER_PURPOSE_OBJECT, "user"),
+        ({"userPurpose": "shared"}, "shared"),
+        ({"value": {"value": "room"}}, "room"),
+    ],
+)
+def test_user_purpose_both_forms(body: dict[str, Any], expected: str) -> None:
+    router = respx.Router()
+    route = router.get(f"{V1}/users/support%40contoso.com/mailboxSettings/userPurpose").respond(200, json=body)
+
+    async def go() -> str:
+        return await Env(router).graph.get_user_purpose("support@contoso.com")
+
+    assert run(go()) == expected
+    assert "//" not in route.calls.last.request.url.raw_path.decode()
+
+
+def test_user_purpose_missing_is_a_service_error() -> None:
+    assert parse_user_purpose({"@odata.context": "x"}) is None
+    router = respx.Router()
+    router.get(url__startswith=f"{V1}/users/").respond(200, json={})
+
+    async def go() -> None:
+        await Env(router).graph.get_user_purpose(UPN)
+
+    with pytest.raises(ServiceError, match="userPurpose"):
+        run(go())
+
+
+def test_404_not_found() -> None:
+    router = respx.Router()
+    router.get(url__startswith=f"{V1}/users/").respond(404, json=GRAPH_NOT_FOUND)
+
+    async def go() -> None:
+        await Env(router).graph.get_user("nobody@contoso.com")
+
+    with pytest.raises(NotFoundError) as info:
+        run(go())
+    err = info.value
+    assert "nobody@contoso.com" in err.message
+    assert err.request_id == GRAPH_NOT_FOUND["error"]["innerError"]["request-id"]
+    assert err.status_code == 404 and err.hint
+
+
+def test_404_mailbox_not_enabled_for_rest() -> None:
+    router = respx.Router()
+    router.get(url__startswith=f"{V1}/users/").respond(404, json=GRAPH_REST_DISABLED)
+
+    async def go() -> None:
+        await Env(router).graph.get_user_purpose(UPN)
+
+    with pytest.raises(MailboxNotEnabledForRestError) as info:
+        run(go())
+    err = info.value
+    assert "inactive, soft-deleted, unlicensed or on-premises" in err.message
+    assert "Graph cannot read it" in err.message
+    assert err.hint and err.request_id == GRAPH_REST_DISABLED["error"]["innerError"]["request-id"]
+
+
+def test_403_application_access_policy() -> None:
+    router = respx.Router()
+    router.get(url__startswith=f"{V1}/users/").respond(403, json=GRAPH_ACCESS_DENIED)
+
+    async def go() -> None:
+        await Env(router).graph.get_user_purpose(UPN)
+
+    with pytest.raises(AccessDeniedError) as info:
+        run(go())
+    assert "Application Access Policy" in info.value.message
+    assert "RBAC for Applications" in info.value.message
+    assert info.value.request_id == GRAPH_ACCESS_DENIED["error"]["innerError"]["request-id"]
+
+
+@pytest.mark.parametrize(
+    ("method", "permission", "body"),
+    [
+        ("get_user", "User.Read.All", {"error": {"code": "Authorization_RequestDenied",
+                                                  "message": "Insufficient privileges to complete the operation."}}),
+        ("get_user_purpose", "MailboxSettings.Read", {"error": {"code": "ErrorAccessDenied",
+                                                                 "message": "Access is denied. Check credentials and try again."}}),
+    ],
+)
+def test_403_names_the_missing_permission(method: str, permission: str, body: dict[str, Any]) -> None:
+    router = respx.Router()
+    router.get(url__startswith=f"{V1}/users/").respond(403, json=body, headers={"request-id": "hdr-rid"})
+
+    async def go() -> None:
+        await getattr(Env(router).graph, method)(UPN)
+
+    with pytest.raises(AccessDeniedError) as info:
+        run(go())
+    assert permission in info.value.message
+    assert info.value.hint and permission in info.value.hint
+    assert info.value.request_id == "hdr-rid"  # no innerError: the response header
+
+
+def test_401_refreshes_the_token_then_succeeds() -> None:
+    router = respx.Router()
+    route = router.get(url__startswith=f"{V1}/users/")
+    route.side_effect = [httpx.Response(401), httpx.Response(200, json=GRAPH_USER)]
+
+    async def go() -> tuple[Any, FakeTokens]:
+        env = Env(router)
+        return await env.graph.get_user(UPN), env.tokens
+
+    user, tokens = run(go())
+    assert user.id == GRAPH_USER["id"]
+    assert [force for _, force in tokens.calls] == [False, True]
+
+
+def test_401_twice_is_access_denied() -> None:
+    router = respx.Router()
+    router.get(url__startswith=f"{V1}/users/").respond(401, json={"error": {"code": "InvalidAuthenticationToken",
+                                                                            "message": "Access token is empty."}})
+
+    async def go() -> None:
+        await Env(router).graph.get_user(UPN)
+
+    with pytest.raises(AccessDeniedError, match="401"):
+        run(go())
+
+
+def test_persistent_429_is_throttled_and_5xx_transient() -> None:
+    router = respx.Router()
+    router.get(f"{V1}/users/a").respond(429, headers={"Retry-After": "1"})
+    router.get(f"{V1}/users/b").respond(503, content=b"<html>busy</html>", headers={"request-id": "rid-503"})
+
+    async def go(ref: str) -> None:
+        await Env(router, RetryPolicy(max_attempts=2)).graph.get_user(ref)
+
+    with pytest.raises(ThrottledError):
+        run(go("a"))
+    with pytest.raises(TransientError) as info:
+        run(go("b"))
+    assert info.value.request_id == "rid-503" and info.value.status_code == 503
+
+
+def test_get_service_principal() -> None:
+    router = respx.Router()
+    app_id = "11111111-2222-3333-4444-555555555555"
+    sp = {"id": "sp-object-id", "appId": app_id, "displayName": "ESJ"}
+    route = router.get(url__startswith=f"{V1}/servicePrincipals").respond(200, json={"value": [sp]})
+
+    async def go() -> Any:
+        return await Env(router).graph.get_service_principal(app_id)
+
+    found = run(go())
+    assert found is not None and found.id == "sp-object-id" and found.app_id == app_id
+    query = parse_qs(route.calls.last.request.url.query.decode())
+    assert query["$filter"] == [f"appId eq '{app_id}'"]
+    assert query["$select"] == ["id,appId,displayName"]
+
+    router2 = respx.Router()
+    router2.get(url__startswith=f"{V1}/servicePrincipals").respond(200, json={"value": []})
+    assert run(Env(router2).graph.get_service_principal(app_id)) is None
+
+
+def test_service_principal_403_names_application_read_all() -> None:
+    router = respx.Router()
+    router.get(url__startswith=f"{V1}/servicePrincipals").respond(
+        403, json={"error": {"code": "Authorization_RequestDenied", "message": "Insufficient privileges."}}
+    )
+
+    async def go() -> None:
+        await Env(router).graph.get_service_principal("x")
+
+    with pytest.raises(AccessDeniedError, match=r"Application\.Read\.All"):
+        run(go())
+
+
+def test_graph_module_does_not_import_the_sdk() -> None:
+    code = "import sys, esj_provision.graph; sys.exit(1 if any(m.startswith(('msgraph', 'kiota')) for m in sys.modules) else 0)"
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+# -- batching ---------------------------------------------------------------------------------
+
+
+def test_batches_hold_at_most_20_with_unique_ids_and_relative_urls() -> None:
+    router = respx.Router()
+    log: list[list[dict[str, Any]]] = []
+    route = router.post(BATCH)
+    route.side_effect = batch_answer(lambda sub: {"status": 200, "body": user_body(ref_of(sub))}, log)
+    refs = [f"user{n}@contoso.com" for n in range(45)]
+
+    async def go() -> dict[str, LookupResult]:
+        return await Env(router).graph.lookup_many(refs)
+
+    results = run(go())
+    assert sorted(len(b) for b in log) == [5, 20, 20]
+    for batch in log:
+        assert len({sub["id"] for sub in batch}) == len(batch)
+        assert all(sub["method"] == "GET" and sub["url"].startswith("/users/") for sub in batch)
+    assert all(call.request.headers["Authorization"].startswith("Bearer ") for call in route.calls)
+    assert set(results) == set(refs)
+    assert all(r.ok and r.user is not None and r.user.user_principal_name == ref for ref, r in results.items())
+    first = log[0][0]["url"]
+    assert "$select=id,userPrincipalName" in unquote(first)
+
+
+def test_batch_with_purpose_pairs_the_answers() -> None:
+    router = respx.Router()
+    log: list[list[dict[str, Any]]] = []
+
+    def item(sub: dict[str, Any]) -> dict[str, Any]:
+        if sub["url"].endswith("/mailboxSettings/userPurpose"):
+            return {"status": 200, "body": USER_PURPOSE_STRING}
+        return {"status": 200, "body": user_body(ref_of(sub))}
+
+    router.post(BATCH).side_effect = batch_answer(item, log)
+    refs = [f"m{n}@contoso.com" for n in range(15)]
+
+    results = run(Env(router).graph.lookup_many(refs, with_purpose=True))
+    assert sorted(len(b) for b in log) == [10, 20]
+    assert all(r.ok and r.purpose == "shared" and r.user is not None for r in results.values())
+
+
+def test_per_item_429_is_rebatched_after_retry_after() -> None:
+    router = respx.Router()
+    log: list[list[dict[str, Any]]] = []
+    throttled_once: set[str] = set()
+
+    def item(sub: dict[str, Any]) -> dict[str, Any]:
+        ref = ref_of(sub)
+        if ref == "b@contoso.com" and ref not in throttled_once:
+            throttled_once.add(ref)
+            return {"status": 429, "headers": {"Retry-After": "3"},
+                    "body": {"error": {"code": "TooManyRequests", "message": "Too many requests"}}}
+        return {"status": 200, "body": user_body(ref)}
+
+    router.post(BATCH).side_effect = batch_answer(item, log)
+
+    async def go() -> tuple[dict[str, LookupResult], FakeTime]:
+        env = Env(router)
+        return await env.graph.lookup_many(["a@contoso.com", "b@contoso.com", "c@contoso.com"]), env.time
+
+    results, clock = run(go())
+    assert len(log) == 2
+    assert [ref_of(sub) for sub in log[1]] == ["b@contoso.com"]  # only the throttled item again
+    assert clock.sleeps == [pytest.approx(3.0)]
+    assert all(r.ok for r in results.values())
+
+
+def test_per_item_throttling_is_bounded() -> None:
+    router = respx.Router()
+    log: list[list[dict[str, Any]]] = []
+    router.post(BATCH).side_effect = batch_answer(
+        lambda sub: {"status": 429, "headers": {"Retry-After": "1"}, "body": {"error": {"code": "TooManyRequests"}}},
+        log,
+    )
+
+    async def go() -> dict[str, LookupResult]:
+        return await Env(router, RetryPolicy(max_attempts=3)).graph.lookup_many(["a@contoso.com"])
+
+    result = run(go())["a@contoso.com"]
+    assert len(log) == 3
+    assert isinstance(result.error, ThrottledError) and result.user is None
+
+
+def test_per_item_errors_are_values() -> None:
+    router = respx.Router()
+    log: list[list[dict[str, Any]]] = []
+
+    def item(sub: dict[str, Any]) -> dict[str, Any]:
+        ref, purpose = ref_of(sub), sub["url"].endswith("/userPurpose")
+        if ref == "gone@contoso.com":
+            return {"status": 404, "body": GRAPH_NOT_FOUND}
+        if ref == "onprem@contoso.com" and purpose:
+            return {"status": 404, "body": GRAPH_REST_DISABLED}
+        if ref == "scoped@contoso.com" and purpose:
+            return {"status": 403, "body": GRAPH_ACCESS_DENIED}
+        return {"status": 200, "body": USER_PURPOSE_OBJECT if purpose else user_body(ref)}
+
+    router.post(BATCH).side_effect = batch_answer(item, log)
+    refs = ["gone@contoso.com", "onprem@contoso.com", "scoped@contoso.com", "fine@contoso.com"]
+
+    results = run(Env(router).graph.lookup_many(refs, with_purpose=True))
+    gone, onprem, scoped, fine = (results[r] for r in refs)
+    assert isinstance(gone.error, NotFoundError) and gone.user is None and not gone.ok
+    assert gone.error.request_id == GRAPH_NOT_FOUND["error"]["innerError"]["request-id"]
+    # The user exists; only its mailbox settings are unreadable.
+    assert onprem.error is None and onprem.user is not None and not onprem.ok
+    assert isinstance(onprem.purpose_error, MailboxNotEnabledForRestError) and onprem.purpose is None
+    assert scoped.error is None and isinstance(scoped.purpose_error, AccessDeniedError)
+    assert "Application Access Policy" in scoped.purpose_error.message
+    assert fine.ok and fine.purpose == "user" and fine.purpose_error is None
+    assert len(log) == 1  # errors are not retried
+
+
+def test_outer_batch_failure_is_an_error_value_for_each_ref() -> None:
+    router = respx.Router()
+    route = router.post(BATCH).respond(
+        403, json={"error": {"code": "Authorization_RequestDenied", "message": "Insufficient privileges."}},
+        headers={"request-id": "outer-rid"},
+    )
+
+    results = run(Env(router).graph.lookup_many(["a@contoso.com", "b@contoso.com"]))
+    assert len(route.calls) == 1
+    for r in results.values():
+        assert isinstance(r.error, AccessDeniedError) and "User.Read.All" in r.error.message
+        assert r.error.request_id == "outer-rid"
+
+
+def test_duplicate_refs_are_looked_up_once() -> None:
+    router = respx.Router()
+    log: list[list[dict[str, Any]]] = []
+    router.post(BATCH).side_effect = batch_answer(lambda sub: {"status": 200, "body": user_body(ref_of(sub))}, log)
+
+    results = run(Env(router).graph.lookup_many(["a@contoso.com", "A@contoso.com", "a@contoso.com"]))
+    assert sum(len(b) for b in log) == 1
+    assert set(results) == {"a@contoso.com", "A@contoso.com"}
+    assert results["A@contoso.com"].user == results["a@contoso.com"].user
+
+
+def test_empty_lookup_sends_nothing() -> None:
+    router = respx.Router()
+    route = router.post(BATCH).respond(200, json={"responses": []})
+    assert run(Env(router).graph.lookup_many([])) == {}
+    assert not route.called
+
+
+def test_connection_failure_surfaces_as_transient_error_through_the_sdk() -> None:
+    router = respx.Router()
+    router.get(url__startswith=f"{V1}/users/").side_effect = httpx.ConnectError("refused")
+
+    async def go() -> None:
+        await Env(router, RetryPolicy(max_attempts=2)).graph.get_user(UPN)
+
+    with pytest.raises(TransientError, match="cannot connect"):
+        run(go())
+
+
+def test_dollar_upn_in_a_batch_uses_the_key_form() -> None:
+    router = respx.Router()
+    log: list[list[dict[str, Any]]] = []
+    router.post(BATCH).side_effect = batch_answer(lambda sub: {"status": 200, "body": GRAPH_USER}, log)
+
+    run(Env(router).graph.lookup_many(["$svc@contoso.com"]))
+    assert unquote(log[0][0]["url"]).startswith("/users('$svc@contoso.com')?$select=")
