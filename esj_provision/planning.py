@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -270,28 +271,38 @@ async def preflight(
     request: OnboardRequest,
     *,
     mode: Mode = "onboard",
+    desired: State | None = None,
     lookups: dict[str, LookupResult] | None = None,
 ) -> Plan:
-    """Read-only checks; every problem is reported together in ``plan.findings``."""
+    """Read-only checks and, with ``desired``, the plan: every problem is reported together in
+    ``plan.findings``. The SMTP AUTH check and the delegation reads do not depend on each other,
+    so they go out concurrently, after the (batched) Graph lookups."""
     plan = Plan(mode=mode, request=request)
     if lookups is None:
         lookups = await session.graph.lookup_many([request.mailbox, request.trustee], with_purpose=True)
     _check_mailbox(plan, lookups.get(request.mailbox))
     _check_trustee(plan, lookups.get(request.trustee))
-    if (
-        mode != "offboard"
-        and request.outbound is Outbound.SMTP
-        and plan.trustee is not None
-        and not any(f.code.startswith("trustee-") for f in plan.findings)
-    ):
-        await _check_smtp_auth(session, plan)
-    if mode != "audit" and request.outbound is not None and not request.send_as and mode == "onboard":
+    if mode == "onboard" and not request.send_as:
         plan.add(
             "info",
             "no-send-as",
             "Send As is not granted (--no-send-as): ESJ can read the mailbox, but Exchange will refuse mail "
             "sent FROM the shared address unless Send As or Send on Behalf is granted another way",
         )
+    if desired is not None:
+        rights = [Right.FULL_ACCESS]
+        if desired is State.ABSENT or request.send_as:
+            rights.append(Right.SEND_AS)
+        plan.delegations = [Delegation(right=r, desired=desired) for r in rights]
+    if plan.refused:
+        return plan  # nothing more to learn that would change the answer
+    checks: list[Awaitable[Any]] = []
+    if mode != "offboard" and request.outbound is Outbound.SMTP and plan.trustee is not None:
+        checks.append(_check_smtp_auth(session, plan))
+    reads = [read_state(session, plan, d.right) for d in plan.delegations]
+    results = await asyncio.gather(*reads, *checks)
+    for d, (state, error) in zip(plan.delegations, results[: len(reads)]):
+        d.current, d.error = state, error
     return plan
 
 
@@ -316,20 +327,6 @@ async def read_state(session: Session, plan: Plan, right: Right) -> tuple[State,
     except EsjProvisionError as exc:
         return State.UNKNOWN, exc.message
     return (State.PRESENT if present else State.ABSENT), None
-
-
-async def make_plan(session: Session, plan: Plan, *, desired: State) -> Plan:
-    """Fill in the delegations and their current state (skipped when preflight refused)."""
-    rights = [Right.FULL_ACCESS]
-    if desired is State.ABSENT or plan.request.send_as:
-        rights.append(Right.SEND_AS)
-    plan.delegations = [Delegation(right=r, desired=desired) for r in rights]
-    if plan.refused:
-        return plan
-    states = await asyncio.gather(*(read_state(session, plan, d.right) for d in plan.delegations))
-    for d, (state, error) in zip(plan.delegations, states):
-        d.current, d.error = state, error
-    return plan
 
 
 # -- apply and verify --------------------------------------------------------------------------
@@ -414,15 +411,18 @@ async def apply_delegation(session: Session, plan: Plan, d: Delegation, journal:
 
 
 async def apply(session: Session, plan: Plan, journal: Journal | None) -> Plan:
-    """Write only what the plan says is needed. Full Access first: Send As alone is useless to ESJ."""
+    """Write only what the plan says is needed. The writes are independent (each is journalled
+    and reconciled on its own), so they go out together."""
+    writes = []
     for d in plan.delegations:
         if d.action in {"grant", "revoke"}:
             assert journal is not None, "a write needs a journal"
-            await apply_delegation(session, plan, d, journal)
+            writes.append(apply_delegation(session, plan, d, journal))
         elif d.action == "none":
             d.outcome = "already-present" if d.desired is State.PRESENT else "already-absent"
         else:
             d.outcome = "unknown"  # never write on a state we could not read
+    await asyncio.gather(*writes)
     return plan
 
 
@@ -453,9 +453,9 @@ async def run(
     lookups: dict[str, LookupResult] | None = None,
 ) -> Plan:
     """The whole job for one mailbox. ``dry_run`` makes no write call at all."""
-    plan = await preflight(session, request, mode=mode, lookups=lookups)
+    desired = State.PRESENT if mode == "onboard" else State.ABSENT
+    plan = await preflight(session, request, mode=mode, desired=desired, lookups=lookups)
     plan.dry_run = dry_run
-    await make_plan(session, plan, desired=State.PRESENT if mode == "onboard" else State.ABSENT)
     if dry_run or plan.refused:
         return plan
     writes = any(d.action in {"grant", "revoke"} for d in plan.delegations)

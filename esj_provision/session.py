@@ -46,6 +46,7 @@ class Session:
         self.graph: GraphClient = GraphClient(self.http)
         self.exchange: ExchangeClient = ExchangeClient(self.http, settings.tenant_id)
         self._transport_config: asyncio.Future[TransportConfig] | None = None
+        self.trustee_lookups: dict[str, Any] = {}  # bulk/audit: trustee -> LookupResult, once per run
 
     async def transport_config(self) -> TransportConfig:
         """The tenant's SMTP AUTH switch, read once per session however many rows ask."""

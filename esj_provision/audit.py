@@ -1,0 +1,219 @@
+"""Drift audit: does the tenant still match the manifest? Read-only.
+
+For every row, each delegation is ``present``, ``absent`` or ``unknown`` (with the error), plus
+the drift that matters to ESJ: the mailbox is no longer shared (or gone), the trustee is disabled
+(or gone, or no longer mail-enabled), SMTP AUTH is switched off for an SMTP row. An ``unknown``
+is never reported as in sync.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .bulk import CHUNK_ROWS, _chunks, for_each_row_chunk, request_for, warm_up
+from .errors import EsjProvisionError, ExitStatus
+from .manifest import ManifestRow, rows
+from .models import Right, State
+from .planning import preflight
+
+if TYPE_CHECKING:
+    from .graph import LookupResult
+    from .session import Session
+
+# Findings that mean the tenant no longer matches what ESJ was set up for.
+DRIFT_CODES = {
+    "mailbox-not-found": "mailbox gone",
+    "mailbox-not-shared": "mailbox no longer shared",
+    "mailbox-not-rest-enabled": "mailbox inactive or not in Exchange Online",
+    "trustee-not-found": "trustee gone",
+    "trustee-disabled": "trustee disabled",
+    "trustee-not-mail-enabled": "trustee not mail-enabled",
+    "smtp-auth-disabled-mailbox": "SMTP AUTH disabled for the trustee",
+    "smtp-auth-disabled-tenant": "SMTP AUTH disabled for the tenant",
+}
+# Findings that mean we could not tell.
+UNKNOWN_CODES = {"mailbox-lookup-failed", "trustee-lookup-failed", "mailbox-purpose-unknown", "smtp-auth-unknown"}
+
+
+@dataclass
+class AuditRow:
+    line: int
+    mailbox: str
+    trustee: str
+    inbound: str
+    outbound: str
+    full_access: str
+    send_as: str  # present/absent/unknown, or "-" when the row does not want Send As
+    drift: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        if self.errors or State.UNKNOWN.value in (self.full_access, self.send_as):
+            return "unknown"
+        if self.drift:
+            return "drift"
+        return "in-sync"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "line": self.line,
+            "mailbox": self.mailbox,
+            "trustee": self.trustee,
+            "inbound": self.inbound,
+            "outbound": self.outbound,
+            "full_access": self.full_access,
+            "send_as": self.send_as,
+            "status": self.status,
+            "drift": self.drift,
+            "errors": self.errors,
+            "warnings": self.warnings,
+        }
+
+
+@dataclass
+class AuditReport:
+    rows: list[AuditRow] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    def count(self, status: str) -> int:
+        return sum(1 for r in self.rows if r.status == status)
+
+    @property
+    def exit_status(self) -> ExitStatus:
+        """1 when any row could not be read (the audit is incomplete), else 3 on drift, else 0."""
+        if self.count("unknown"):
+            return ExitStatus.ERROR
+        if self.count("drift"):
+            return ExitStatus.DRIFT
+        return ExitStatus.OK
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "rows": len(self.rows),
+            "in_sync": self.count("in-sync"),
+            "drift": self.count("drift"),
+            "unknown": self.count("unknown"),
+            "elapsed_s": round(self.elapsed_s, 3),
+            "calls": self.stats,
+        }
+
+
+def audit_row(row: ManifestRow, plan_findings: list[Any], delegations: list[Any]) -> AuditRow:
+    states = {d.right: d for d in delegations}
+    fa = states.get(Right.FULL_ACCESS)
+    sa = states.get(Right.SEND_AS)
+    out = AuditRow(
+        line=row.line,
+        mailbox=row.mailbox,
+        trustee=row.trustee,
+        inbound=row.inbound.value,
+        outbound=row.outbound.value,
+        full_access=fa.current.value if fa else State.UNKNOWN.value,
+        send_as=(sa.current.value if sa else State.UNKNOWN.value) if row.send_as else "-",
+    )
+    for f in plan_findings:
+        if f.code in DRIFT_CODES:
+            out.drift.append(DRIFT_CODES[f.code])
+        elif f.code in UNKNOWN_CODES:
+            out.errors.append(f.message)
+        elif f.level == "warning":
+            out.warnings.append(f.message)
+    for d in delegations:
+        if d.current is State.UNKNOWN and d.error:
+            out.errors.append(f"{d.right.value}: {d.error}")
+        elif d.current is State.ABSENT:
+            out.drift.append(f"{d.right.value} missing")
+    refused_before_reading = not delegations or all(d.current is State.UNKNOWN and not d.error for d in delegations)
+    if refused_before_reading and out.drift:
+        # Preflight found the mailbox or trustee gone: the delegations cannot exist; say so plainly.
+        out.full_access = "n/a" if out.full_access == State.UNKNOWN.value else out.full_access
+        if row.send_as:
+            out.send_as = "n/a" if out.send_as == State.UNKNOWN.value else out.send_as
+    return out
+
+
+async def run_audit(
+    session: Session,
+    path: Path,
+    *,
+    concurrency: int,
+    on_row: Callable[[AuditRow], None] | None = None,
+) -> AuditReport:
+    started = time.monotonic()
+    report = AuditReport()
+    await warm_up(session)
+
+    async def handle(row: ManifestRow, lookups: dict[str, LookupResult]) -> AuditRow:
+        request = request_for(row)
+        try:
+            plan = await preflight(session, request, mode="audit", desired=State.PRESENT, lookups=lookups)
+        except EsjProvisionError as exc:
+            result = audit_row(row, [], [])
+            result.errors.append(exc.message)
+            return result
+        return audit_row(row, plan.findings, plan.delegations)
+
+    def done(row: ManifestRow, result: AuditRow) -> None:
+        report.rows.append(result)
+        if on_row is not None:
+            on_row(result)
+
+    for chunk in _chunks(rows(path), CHUNK_ROWS):
+        await for_each_row_chunk(session, chunk, concurrency, handle, done)
+    report.rows.sort(key=lambda r: r.line)
+    report.elapsed_s = time.monotonic() - started
+    report.stats = session.stats()
+    return report
+
+
+COLUMNS = ("line", "mailbox", "trustee", "inbound", "outbound", "full_access", "send_as", "status", "drift", "errors")
+
+
+def _cells(r: AuditRow) -> list[str]:
+    d = r.to_dict()
+    return [str(d[c]) if not isinstance(d[c], list) else "; ".join(d[c]) for c in COLUMNS]
+
+
+def render_json(report: AuditReport) -> str:
+    return (
+        json.dumps(
+            {"summary": report.summary(), "rows": [r.to_dict() for r in report.rows]}, indent=2, ensure_ascii=False
+        )
+        + "\n"
+    )
+
+
+def render_csv(report: AuditReport) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for r in report.rows:
+        writer.writerow(_cells(r))
+    return buf.getvalue()
+
+
+def render_markdown(report: AuditReport) -> str:
+    def esc(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    s = report.summary()
+    lines = [
+        "# ESJ shared-mailbox audit",
+        "",
+        f"{s['rows']} rows: {s['in_sync']} in sync, {s['drift']} with drift, {s['unknown']} unknown.",
+        "",
+        "| " + " | ".join(COLUMNS) + " |",
+        "|" + "---|" * len(COLUMNS),
+    ]
+    lines += ["| " + " | ".join(esc(c) for c in _cells(r)) + " |" for r in report.rows]
+    return "\n".join(lines) + "\n"

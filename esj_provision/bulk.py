@@ -1,0 +1,348 @@
+"""Bulk provisioning from a manifest: every row onboarded, concurrently, within the tenant's limits.
+
+* Rows are streamed in chunks; each chunk's mailbox and account lookups go to Graph as JSON
+  batches (the trustee, usually one service account for all, is looked up once per run).
+* Rows then run the onboarding plan/apply/verify concurrently (``concurrency`` at once); the
+  transport paces Exchange adaptively, so a throttled tenant slows everyone down together.
+* One row's failure never stops the others. The journal records every write before it is sent,
+  so a rerun after a crash or ``kill -9`` finds the tenant as it is, writes only what is still
+  missing, and records what became of any write that was in flight (``reconciled``).
+* ESJ options are written per ESJ Application: the row's ``esj_instance``, or automatic shards of
+  at most 25 mailboxes (Genesys' recommended maximum per E-mail Server).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from . import manifest as manifest_mod
+from .errors import EsjProvisionError
+from .journal import Entry, Journal, open_intents
+from .manifest import ManifestRow
+from .models import State
+from .planning import OnboardRequest, Plan, run
+
+if TYPE_CHECKING:
+    from .clouds import Cloud
+    from .esj_options import EsjOptionSet, Profile
+    from .graph import LookupResult
+    from .session import Session
+
+CHUNK_ROWS = 100
+SHARD_SIZE = 25  # Genesys: no more than 25 mailboxes per E-mail Server instance
+T = TypeVar("T")
+
+
+def request_for(row: ManifestRow) -> OnboardRequest:
+    return OnboardRequest(
+        mailbox=row.mailbox,
+        trustee=row.trustee,
+        inbound=row.inbound,
+        outbound=row.outbound,
+        send_as=row.send_as,
+        auto_response=row.auto_response,
+    )
+
+
+def _chunks(rows: Iterator[ManifestRow], size: int) -> Iterator[list[ManifestRow]]:
+    chunk: list[ManifestRow] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+async def warm_up(session: Session) -> None:
+    """Get both tokens before the first row, so a sign-in problem fails the run at once (exit 1)
+    instead of failing every row."""
+    await session.tokens.get(session.http.graph.scope)
+    await session.tokens.get(session.http.exchange.scope)
+
+
+@dataclass
+class RowResult:
+    line: int
+    mailbox: str
+    trustee: str
+    status: str  # ok, refused, failed, planned (dry run)
+    plan: dict[str, Any]
+    error: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "line": self.line,
+                "mailbox": self.mailbox,
+                "trustee": self.trustee,
+                "status": self.status,
+                "error": self.error,
+                **{k: v for k, v in self.plan.items() if k in {"findings", "delegations"}},
+            },
+            ensure_ascii=False,
+        )
+
+
+@dataclass
+class BulkSummary:
+    rows: int = 0
+    ok: int = 0
+    planned: int = 0
+    refused: int = 0
+    failed: int = 0
+    writes: int = 0
+    already: int = 0
+    reconciled: int = 0
+    failures: list[tuple[int, str, str]] = field(default_factory=list)  # line, mailbox, reason
+    files: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def all_ok(self) -> bool:
+        return self.refused == 0 and self.failed == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rows": self.rows,
+            "ok": self.ok,
+            "planned": self.planned,
+            "refused": self.refused,
+            "failed": self.failed,
+            "writes": self.writes,
+            "already_in_place": self.already,
+            "reconciled_in_flight_writes": self.reconciled,
+            "failures": [{"line": line, "mailbox": m, "reason": r} for line, m, r in self.failures],
+            "files": self.files,
+            "warnings": self.warnings,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "calls": self.stats,
+        }
+
+
+class OptionFiles:
+    """Collects each row's ESJ options and writes one CFG file per ESJ Application."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        *,
+        cloud: Cloud,
+        profile: Profile | None,
+        esj_client_id: str | None,
+        tenant_id: str | None,
+    ) -> None:
+        self.out_dir = out_dir
+        self.cloud = cloud
+        self.profile = profile
+        self.esj_client_id = esj_client_id
+        self.tenant_id = tenant_id
+        self._shard_of_line: dict[int, str] = {}
+        self._pending: dict[str, list[ManifestRow]] = {}
+        self._auto_seen = 0
+        self.files: list[str] = []
+        self.warnings: list[str] = []
+
+    def assign(self, row: ManifestRow) -> None:
+        """Fix the row's file in manifest order, so shards do not depend on completion order."""
+        if row.esj_instance:
+            name = row.esj_instance
+        else:
+            name = f"auto-{self._auto_seen // SHARD_SIZE + 1:03d}"
+            self._auto_seen += 1
+        self._shard_of_line[row.line] = name
+        self._pending.setdefault(name, [])
+
+    def add(self, row: ManifestRow) -> None:
+        self._pending[self._shard_of_line[row.line]].append(row)
+
+    def flush_complete(self) -> None:
+        """Write auto shards that can receive no more rows (keeps memory flat on huge manifests)."""
+        full = self._auto_seen // SHARD_SIZE  # shards 1..full have all their rows assigned, and processed
+        for name in list(self._pending):
+            if name.startswith("auto-") and int(name[5:]) <= full:
+                self._write(name)
+
+    def flush_all(self) -> None:
+        for name in list(self._pending):
+            self._write(name)
+
+    def _write(self, name: str) -> None:
+        from .esj_options import EsjRequest, build_options
+        from .output import render_cfg, write_output
+
+        rows = sorted(self._pending.pop(name), key=lambda r: r.line)
+        for line in [line for line, shard in self._shard_of_line.items() if shard == name]:
+            del self._shard_of_line[line]
+        if not rows:
+            return
+        if len(rows) > SHARD_SIZE:
+            self.warnings.append(
+                f"ESJ application {name!r} gets {len(rows)} mailboxes; Genesys recommends at most {SHARD_SIZE} "
+                "per E-mail Server"
+            )
+        sets: list[EsjOptionSet] = []
+        for index, row in enumerate(rows):
+            sets.append(
+                build_options(
+                    EsjRequest(
+                        mailbox=row.mailbox,
+                        trustee=row.trustee,
+                        inbound=row.inbound,
+                        outbound=row.outbound,
+                        auto_response=row.auto_response,
+                        cloud=self.cloud,
+                        client_id=self.esj_client_id,
+                        tenant_id=self.tenant_id,
+                        section_index=index,
+                    ),
+                    self.profile,
+                )
+            )
+        try:
+            text = render_cfg(sets)
+        except EsjProvisionError as exc:
+            self.warnings.append(f"ESJ application {name!r}: options not written: {exc.message}")
+            return
+        path = write_output(self.out_dir / f"esj-{name}.cfg", text, contains_secret=False)
+        self.files.append(str(path))
+
+
+async def run_bulk(
+    session: Session,
+    path: Path,
+    *,
+    journal: Journal,
+    dry_run: bool,
+    concurrency: int,
+    out_dir: Path,
+    cloud: Cloud,
+    profile: Profile | None = None,
+    esj_client_id: str | None = None,
+    on_row: Callable[[RowResult], None] | None = None,
+) -> BulkSummary:
+    """Onboard every row of an already validated manifest."""
+    started = time.monotonic()
+    summary = BulkSummary()
+    await warm_up(session)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    in_flight = open_intents(journal.path)  # writes a crashed run started but never finished
+    files = OptionFiles(
+        out_dir, cloud=cloud, profile=profile, esj_client_id=esj_client_id, tenant_id=session.settings.tenant_id
+    )
+    if in_flight and not dry_run:
+        journal.write("resume", note=f"{len(in_flight)} write(s) from an earlier run had no recorded outcome")
+    results_path = out_dir / "results.jsonl"
+    results = results_path.open("w", encoding="utf-8")
+
+    def reconcile(plan: Plan) -> None:
+        for d in plan.delegations:
+            key = Entry(d.op, plan.mailbox_id, plan.trustee_id).key
+            intent = in_flight.pop(key, None)
+            if intent is not None and d.current is not State.UNKNOWN and not dry_run:
+                applied = d.current is d.desired
+                journal.write(
+                    "reconciled",
+                    key=key,
+                    op=d.op,
+                    mailbox=plan.mailbox_id,
+                    trustee=plan.trustee_id,
+                    outcome="applied" if applied else "not-applied",
+                    run_of_intent=intent.get("run"),
+                    note="outcome of an interrupted earlier run, read from the tenant",
+                )
+                summary.reconciled += 1
+
+    async def handle(row: ManifestRow, lookups: dict[str, LookupResult]) -> RowResult:
+        request = request_for(row)
+        try:
+            plan = await run(session, request, mode="onboard", dry_run=dry_run, journal=journal, lookups=lookups)
+        except EsjProvisionError as exc:
+            return RowResult(row.line, row.mailbox, row.trustee, "failed", {}, exc.message)
+        reconcile(plan)
+        data = plan.to_dict()
+        if plan.refused:
+            reason = "; ".join(f.message for f in plan.findings if f.level == "error")
+            return RowResult(row.line, row.mailbox, row.trustee, "refused", data, reason)
+        if plan.failed:
+            reason = "; ".join(
+                f"{d.right.value}: {d.error or d.outcome}"
+                for d in plan.delegations
+                if d.outcome in {"failed", "unknown"}
+            )
+            return RowResult(row.line, row.mailbox, row.trustee, "failed", data, reason)
+        return RowResult(row.line, row.mailbox, row.trustee, "planned" if dry_run else "ok", data)
+
+    def done(row: ManifestRow, result: RowResult) -> None:
+        summary.rows += 1
+        setattr(summary, result.status, getattr(summary, result.status) + 1)
+        for d in result.plan.get("delegations", []):
+            if d.get("outcome") in {"applied", "removed"}:
+                summary.writes += 1
+            elif d.get("outcome") in {"already-present", "already-absent"}:
+                summary.already += 1
+        if result.status in {"refused", "failed"}:
+            summary.failures.append((row.line, row.mailbox, result.error or result.status))
+        else:
+            files.add(row)
+        results.write(result.to_json() + "\n")
+        results.flush()
+        if on_row is not None:
+            on_row(result)
+
+    try:
+        for chunk in _chunks(manifest_mod.rows(path), CHUNK_ROWS):
+            for row in chunk:
+                files.assign(row)
+            await for_each_row_chunk(session, chunk, concurrency, handle, done)
+            files.flush_complete()
+        files.flush_all()
+    finally:
+        results.close()
+        summary.elapsed_s = time.monotonic() - started
+        summary.stats = session.stats()
+    summary.files = [str(results_path), *files.files]
+    summary.warnings.extend(files.warnings)
+    if in_flight and not dry_run:
+        summary.warnings.append(
+            f"{len(in_flight)} interrupted write(s) in the journal concern mailboxes not in this manifest; "
+            "run `esj-provision audit` on their manifest to see where they stand"
+        )
+    summary.failures.sort()
+    return summary
+
+
+async def for_each_row_chunk(
+    session: Session,
+    chunk: list[ManifestRow],
+    concurrency: int,
+    handle: Callable[[ManifestRow, dict[str, LookupResult]], Awaitable[T]],
+    done: Callable[[ManifestRow, T], None],
+) -> None:
+    """One chunk: batched Graph lookups, then ``handle`` per row, ``concurrency`` at once.
+
+    The trustee (usually one service account for every row) is looked up once per session."""
+    cache = session.trustee_lookups
+    mailboxes = list(dict.fromkeys(r.mailbox for r in chunk))
+    new_trustees = [t for t in dict.fromkeys(r.trustee for r in chunk) if t not in cache]
+    found = await session.graph.lookup_many(mailboxes, with_purpose=True)
+    if new_trustees:
+        cache.update(await session.graph.lookup_many(new_trustees, with_purpose=False))
+    lookups = {**found, **{r.trustee: cache[r.trustee] for r in chunk if r.trustee in cache}}
+    semaphore = asyncio.Semaphore(max(1, concurrency))
+
+    async def one(row: ManifestRow) -> None:
+        async with semaphore:
+            result = await handle(row, lookups)
+        done(row, result)
+
+    await asyncio.gather(*(one(r) for r in chunk))

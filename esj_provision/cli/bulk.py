@@ -1,0 +1,255 @@
+"""``esj-provision bulk``: onboard every mailbox of a manifest."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from ..errors import ExitStatus, UsageError
+from . import app
+from ._common import (
+    Auth,
+    AuthorityHost,
+    CaBundle,
+    Certificate,
+    ClientId,
+    Cloud,
+    ExchangeEndpoint,
+    GraphEndpoint,
+    SecretFile,
+    TenantId,
+    Verbose,
+    run_async,
+    settings_from,
+    setup_logging,
+)
+
+
+@app.command()
+def bulk(
+    manifest: Path = typer.Argument(
+        ...,
+        metavar="MANIFEST",
+        help="CSV (or YAML) manifest: mailbox,trustee,inbound,outbound[,send_as,auto_response,esj_instance].",
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="The full plan for every row; no write call at all."),
+    journal: Path | None = typer.Option(
+        None,
+        "--journal",
+        metavar="PATH",
+        help="Change journal; a rerun with the same journal resumes (env ESJ_PROVISION_JOURNAL).",
+    ),
+    out_dir: Path = typer.Option(
+        Path("esj-provision-out"),
+        "--out-dir",
+        metavar="DIR",
+        help="Where results.jsonl and one ESJ options file per ESJ Application go.",
+    ),
+    concurrency: int = typer.Option(
+        8,
+        "--concurrency",
+        min=1,
+        max=64,
+        metavar="N",
+        help="Rows in flight at once (the tenant's throttling paces them further).",
+    ),
+    fmt: str = typer.Option(
+        "table",
+        "--format",
+        "-f",
+        metavar="table|json",
+        help="Summary as a table, or JSON lines (one per row, then the summary).",
+    ),
+    profile: Path | None = typer.Option(
+        None, "--profile", envvar="ESJ_PROVISION_PROFILE", metavar="FILE", help="ESJ literals profile."
+    ),
+    esj_client_id: str | None = typer.Option(
+        None,
+        "--esj-client-id",
+        envvar="ESJ_PROVISION_ESJ_CLIENT_ID",
+        metavar="GUID",
+        help="The ESJ app's client id, for the options.",
+    ),
+    cloud: Cloud = None,
+    tenant_id: TenantId = None,
+    client_id: ClientId = None,
+    auth: Auth = None,
+    client_secret_file: SecretFile = None,
+    certificate: Certificate = None,
+    authority_host: AuthorityHost = None,
+    graph_endpoint: GraphEndpoint = None,
+    exchange_endpoint: ExchangeEndpoint = None,
+    ca_bundle: CaBundle = None,
+    verbose: Verbose = False,
+) -> None:
+    """Onboard every mailbox of a manifest: validated first, then concurrent, resumable, journalled.
+
+    Exit status 0 when every row succeeded, 4 when some failed (listed), 1 when the run could not start.
+    """
+    from .. import manifest as manifest_mod
+
+    fmt_key = fmt.strip().lower()
+    if fmt_key not in ("table", "json"):
+        raise UsageError(f"unknown format {fmt!r}", hint="choose one of: table, json")
+    info = manifest_mod.validate(manifest)  # before any call to Microsoft, and before writing anything
+    profile_obj = None
+    if profile is not None:
+        from ..esj_options import load_profile
+
+        profile_obj = load_profile(profile)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"--out-dir {out_dir} is not a directory")
+    setup_logging(verbose)
+    settings = settings_from(
+        cloud=cloud,
+        tenant_id=tenant_id,
+        client_id=client_id,
+        auth=auth,
+        client_secret_file=client_secret_file,
+        certificate_path=certificate,
+        authority_host=authority_host,
+        graph_endpoint=graph_endpoint,
+        exchange_endpoint=exchange_endpoint,
+        ca_bundle=ca_bundle,
+    )
+    summary = run_async(
+        _bulk(settings, info, dry_run, journal, out_dir, concurrency, profile_obj, esj_client_id, fmt_key)
+    )
+    _print_summary(summary, fmt_key, dry_run)
+    if not summary.all_ok:
+        raise typer.Exit(int(ExitStatus.PARTIAL))
+
+
+async def _bulk(
+    settings: Any,
+    info: Any,
+    dry_run: bool,
+    journal_path: Path | None,
+    out_dir: Path,
+    concurrency: int,
+    profile: Any,
+    esj_client_id: str | None,
+    fmt_key: str,
+) -> Any:
+    from ..bulk import run_bulk
+    from ..journal import Journal, default_journal_path
+    from ..session import Session
+
+    progress = _Progress(info.rows, enabled=sys.stderr.isatty())
+
+    def on_row(result: Any) -> None:
+        if fmt_key == "json":
+            sys.stdout.write(result.to_json() + "\n")
+            sys.stdout.flush()
+        progress.advance(result.status)
+
+    async with Session(settings, max_connections=max(20, concurrency * 2)) as session:
+        # Opened lazily by its first write: a dry run never creates the file.
+        journal = Journal(journal_path or default_journal_path(), secrets=settings.secrets)
+        try:
+            if not dry_run:
+                journal.write("run-start", command="bulk", manifest=str(info.path), rows=info.rows)
+            try:
+                with progress:
+                    summary = await run_bulk(
+                        session,
+                        info.path,
+                        journal=journal,
+                        dry_run=dry_run,
+                        concurrency=concurrency,
+                        out_dir=out_dir,
+                        cloud=settings.cloud,
+                        profile=profile,
+                        esj_client_id=esj_client_id,
+                        on_row=on_row,
+                    )
+            except BaseException:
+                if not dry_run:
+                    journal.write("run-interrupted", command="bulk", note="re-run the same command to resume")
+                raise
+            if not dry_run:
+                journal.write(
+                    "run-end",
+                    command="bulk",
+                    **{
+                        k: v for k, v in summary.to_dict().items() if k in {"rows", "ok", "refused", "failed", "writes"}
+                    },
+                )
+            return summary
+        finally:
+            journal.close()
+
+
+class _Progress:
+    """A rich progress bar on stderr, only on a terminal."""
+
+    def __init__(self, total: int, *, enabled: bool) -> None:
+        self.total, self.enabled = total, enabled
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _Progress:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("bulk"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task("rows", total=self.total)
+        return self
+
+    def advance(self, status: str) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(None, None, None)
+
+
+def _print_summary(summary: Any, fmt_key: str, dry_run: bool) -> None:
+    if fmt_key == "json":
+        sys.stdout.write(json.dumps({"summary": summary.to_dict()}, ensure_ascii=False) + "\n")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(highlight=False, soft_wrap=True)
+    table = Table(title="bulk " + ("plan (dry run: nothing changed)" if dry_run else "summary"), title_justify="left")
+    table.add_column("rows", justify="right")
+    table.add_column("ok" if not dry_run else "planned", justify="right")
+    table.add_column("refused", justify="right")
+    table.add_column("failed", justify="right")
+    table.add_column("writes", justify="right")
+    table.add_column("already in place", justify="right")
+    table.add_column("seconds", justify="right")
+    table.add_row(
+        str(summary.rows),
+        str(summary.planned if dry_run else summary.ok),
+        str(summary.refused),
+        str(summary.failed),
+        str(summary.writes),
+        str(summary.already),
+        f"{summary.elapsed_s:.1f}",
+    )
+    con.print(table)
+    for line, mailbox, reason in summary.failures:
+        con.print(f"  line {line}: {mailbox}: {reason}")
+    for warning in summary.warnings:
+        con.print(f"[yellow]warning[/yellow]: {warning}")
+    if summary.reconciled:
+        con.print(
+            f"{summary.reconciled} write(s) interrupted in an earlier run were checked against the tenant and recorded."
+        )
+    for f in summary.files:
+        con.print(f"wrote {f}")

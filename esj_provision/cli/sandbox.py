@@ -1,0 +1,161 @@
+"""``esj-provision sandbox``: run the local Entra ID / Graph / Exchange stand-in until stopped.
+
+It prints the environment a client needs, writes it to ``--env-file`` once the port is open (so a
+script can wait for that file), and serves until SIGINT/SIGTERM. aiohttp and cryptography are
+imported only inside the command, so ``esj-provision --help`` does not pay for them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+
+from ..errors import ConfigError, EsjProvisionError
+from . import app
+
+if TYPE_CHECKING:
+    from ..sandbox.config import SandboxConfig
+    from ..sandbox.server import SandboxServer
+
+_SAFE = re.compile(r"^[A-Za-z0-9_./:@~+,=%\[\]-]*$")
+
+
+def _dotenv(value: str) -> str:
+    if _SAFE.match(value):
+        return value
+    if "'" not in value:
+        return f"'{value}'"  # single quotes: no escapes, no $ expansion in dotenv readers
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
+
+
+def _write_env_file(path: Path, env: dict[str, str]) -> None:
+    """Mode 0600 (it holds a secret) and atomic (a waiting script never reads half a file)."""
+    text = "".join(f"{k}={_dotenv(v)}\n" for k, v in env.items())
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _banner(server: SandboxServer) -> str:
+    env = server.env()
+    m = server.material
+    assert m is not None
+    lines = [
+        f"# esj-provision sandbox at {server.url} (tenant {server.tenant.domain} = {server.tenant.tenant_id})",
+        "# AZURE_CLIENT_SECRET is this sandbox's own throwaway secret: it opens nothing but this sandbox.",
+        *(f"export {k}={shlex.quote(v)}" for k, v in env.items()),
+        f"# certificate sign-in: {m.cert_path} (thumbprint {m.client_cert.sha1_hex}),",
+        f"#   or {m.pfx_path} with the password in {m.pfx_password_path}",
+        f"# control API: {server.url}/_sandbox/ (state, calls, faults, mutate)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+async def _serve(cfg: SandboxConfig, env_file: Path | None) -> None:
+    import asyncio
+    import contextlib
+    import signal
+
+    from ..sandbox.server import SandboxServer
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # Handlers first: a SIGTERM during start-up still ends in a clean stop, never a traceback.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # Windows has no add_signal_handler; there Ctrl-C raises KeyboardInterrupt instead.
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    server = SandboxServer(cfg)
+    try:
+        await server.start()
+    except OSError as exc:
+        await server.stop()
+        raise EsjProvisionError(
+            f"the sandbox cannot listen on {cfg.host}:{cfg.port}: {exc.strerror or exc}",
+            hint="choose another --port, or --port 0 for a free one",
+        ) from None
+    try:
+        sys.stdout.write(_banner(server))
+        sys.stdout.flush()
+        if env_file is not None:
+            _write_env_file(env_file, server.env())
+        sys.stderr.write("sandbox: serving; Ctrl-C or SIGTERM stops it\n")
+        sys.stderr.flush()
+        assert server.done is not None
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(server.done.wait())]
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        for w in waiters:
+            w.cancel()
+    finally:
+        if env_file is not None:
+            env_file.unlink(missing_ok=True)  # a stale file would send the next waiter to a dead port
+        await server.stop()
+    sys.stderr.write("sandbox: stopped\n")
+
+
+@app.command("sandbox")
+def sandbox(
+    host: str = typer.Option("127.0.0.1", "--host", help="Loopback address to listen on: 127.0.0.1, ::1 or localhost."),
+    port: int = typer.Option(0, "--port", help="TCP port; 0 picks a free one."),
+    dir: Path | None = typer.Option(
+        None, "--dir", help="Where ca.pem and the app certificate go (kept). Default: a temp dir, removed at stop."
+    ),
+    state: Path | None = typer.Option(
+        None, "--state", help="JSON state file: loaded at start if present, rewritten after every change."
+    ),
+    env_file: Path | None = typer.Option(
+        None, "--env-file", help="Write the client environment here (dotenv, mode 0600) once serving."
+    ),
+    latency_ms: str | None = typer.Option(None, "--latency-ms", help="Added latency per request: N or MIN-MAX."),
+    throttle_rps: float | None = typer.Option(
+        None, "--throttle-rps", help="Requests per second per service (Graph, Exchange) before 429."
+    ),
+    fault_rate: float = typer.Option(0.0, "--fault-rate", help="Probability (0-1) of a random 503/504/reset."),
+    seed: int = typer.Option(0, "--seed", help="Seed for every random choice (faults, latency, batch order)."),
+    page_size: int = typer.Option(1000, "--page-size", help="InvokeCommand rows per page before @odata.nextLink."),
+    token_lifetime: int = typer.Option(3599, "--token-lifetime", help="Access-token lifetime in seconds."),
+    mailboxes: int = typer.Option(0, "--mailboxes", help="Add N generated shared mailboxes queue0001@..."),
+    client_secret: str | None = typer.Option(
+        None, "--client-secret", help="The provisioning app's secret (default: $ESJ_SANDBOX_CLIENT_SECRET or random)."
+    ),
+    client_secret_file: Path | None = typer.Option(
+        None, "--client-secret-file", help="Read the provisioning app's secret from this file."
+    ),
+    pfx_password: str | None = typer.Option(
+        None, "--pfx-password", help="Password of provisioning-app.pfx (default: $ESJ_SANDBOX_PFX_PASSWORD or random)."
+    ),
+    max_runtime: float | None = typer.Option(None, "--max-runtime", help="Stop by itself after this many seconds."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every request to stderr."),
+) -> None:
+    """Run a local HTTPS stand-in for Entra ID, Microsoft Graph and Exchange Online (a sample tenant)."""
+    import asyncio
+
+    from ..sandbox.config import PFX_PASSWORD_ENV, SECRET_ENV, SandboxConfig
+
+    secret = client_secret
+    if client_secret_file is not None:
+        try:
+            secret = client_secret_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read --client-secret-file {client_secret_file}: {exc.strerror}") from None
+    secret = secret or os.environ.get(SECRET_ENV) or None
+    cfg = SandboxConfig(
+        host=host, port=port, dir=dir, state_path=state, page_size=page_size, throttle_rps=throttle_rps,
+        fault_rate=fault_rate, seed=seed, latency_ms=latency_ms,  # type: ignore[arg-type]
+        token_lifetime=token_lifetime, mailboxes=mailboxes, client_secret=secret,
+        pfx_password=pfx_password or os.environ.get(PFX_PASSWORD_ENV) or None, max_runtime=max_runtime,
+        verbose=verbose,
+    ).validate()
+    if env_file is not None:
+        env_file.unlink(missing_ok=True)  # waiters must see the NEW file, not a previous run's
+    asyncio.run(_serve(cfg, env_file))
