@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .bulk import CHUNK_ROWS, _chunks, for_each_row_chunk, request_for, warm_up
-from .errors import EsjProvisionError, ExitStatus
+from .errors import AccessDeniedError, AuthError, EsjProvisionError, ExitStatus
 from .manifest import ManifestRow, rows
 from .models import Right, State
 from .planning import preflight
@@ -157,6 +157,8 @@ async def run_audit(
         request = request_for(row)
         try:
             plan = await preflight(session, request, mode="audit", desired=State.PRESENT, lookups=lookups)
+        except (AccessDeniedError, AuthError):
+            raise  # the audit itself cannot run: exit 1 with what to fix
         except EsjProvisionError as exc:
             result = audit_row(row, [], [])
             result.errors.append(exc.message)

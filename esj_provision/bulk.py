@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import manifest as manifest_mod
-from .errors import EsjProvisionError
+from .errors import AccessDeniedError, AuthError, EsjProvisionError, JournalError
 from .journal import Entry, Journal, open_intents
 from .manifest import ManifestRow
 from .models import State
-from .planning import OnboardRequest, Plan, run
+from .planning import OnboardRequest, Plan, gather_all, run
 
 if TYPE_CHECKING:
     from .clouds import Cloud
@@ -266,6 +266,8 @@ async def run_bulk(
         request = request_for(row)
         try:
             plan = await run(session, request, mode="onboard", dry_run=dry_run, journal=journal, lookups=lookups)
+        except (AccessDeniedError, AuthError, JournalError):
+            raise  # the same for every row: stop the run (exit 1) rather than fail each row alike
         except EsjProvisionError as exc:
             return RowResult(row.line, row.mailbox, row.trustee, "failed", {}, exc.message)
         reconcile(plan)
@@ -345,4 +347,4 @@ async def for_each_row_chunk(
             result = await handle(row, lookups)
         done(row, result)
 
-    await asyncio.gather(*(one(r) for r in chunk))
+    await gather_all(*(one(r) for r in chunk))

@@ -139,10 +139,14 @@ class TokenProvider:
     def cached(self, scope: str) -> Token | None:
         return self._tokens.get(scope)
 
-    async def get(self, scope: str, *, force_refresh: bool = False) -> Token:
+    async def get(self, scope: str, *, force_refresh: bool = False, rejected: str | None = None) -> Token:
+        """The token for ``scope``. ``force_refresh`` with the ``rejected`` token's value asks Entra
+        ID again only if no concurrent caller has already replaced that token."""
         lock = self._locks.setdefault(scope, asyncio.Lock())
         async with lock:
             tok = self._tokens.get(scope)
+            if force_refresh and rejected is not None and tok is not None and tok.value != rejected:
+                return tok
             if force_refresh and tok is not None:
                 # The service rejected this token: drop it, and the credential's own cache with it.
                 self._tokens.pop(scope, None)

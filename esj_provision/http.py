@@ -206,13 +206,18 @@ class MicrosoftTransport(httpx.AsyncBaseTransport):
         request.headers.setdefault("client-request-id", str(uuid.uuid4()))
         request.headers["return-client-request-id"] = "true"
         attempt, waited, refreshes, force = 0, 0.0, 0, False
+        used: str | None = None
         await request.aread()  # buffer the body so a retry can send it again
         while True:
             attempt += 1
             if pacer:
                 await pacer.acquire()
             if resource is not None and self._tokens is not None:
-                token = await self._tokens.get(resource.scope, force_refresh=force)
+                if force:
+                    token = await self._tokens.get(resource.scope, force_refresh=True, rejected=used)
+                else:
+                    token = await self._tokens.get(resource.scope)
+                used = token.value
                 request.headers["Authorization"] = f"Bearer {token.value}"
                 force = False
             self.stats.count(name)

@@ -18,7 +18,14 @@ from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import AmbiguousWriteError, EsjProvisionError, MailboxNotEnabledForRestError, NotFoundError
+from .errors import (
+    AccessDeniedError,
+    AmbiguousWriteError,
+    AuthError,
+    EsjProvisionError,
+    MailboxNotEnabledForRestError,
+    NotFoundError,
+)
 from .exchange import holds
 from .journal import Entry, Journal
 from .models import DirectoryUser, Inbound, Outbound, Right, State
@@ -158,6 +165,16 @@ def send_as_wanted(outbound: Outbound, requested: bool | None) -> bool:
     return True if requested is None else requested
 
 
+async def gather_all(*aws: Awaitable[Any]) -> list[Any]:
+    """Like asyncio.gather, but every sibling finishes before the first error is raised, so no
+    request is left running against a client that is about to close."""
+    results = await asyncio.gather(*aws, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return results
+
+
 # -- preflight ---------------------------------------------------------------------------------
 
 
@@ -244,7 +261,7 @@ def _check_trustee(plan: Plan, result: LookupResult | None) -> None:
 async def _check_smtp_auth(session: Session, plan: Plan) -> None:
     """SMTP AUTH must be on for the account ESJ authenticates as (smtp-client/user = trustee)."""
     try:
-        org, cas = await asyncio.gather(session.transport_config(), session.exchange.get_cas_mailbox(plan.trustee_id))
+        org, cas = await gather_all(session.transport_config(), session.exchange.get_cas_mailbox(plan.trustee_id))
     except EsjProvisionError as exc:
         plan.add("warning", "smtp-auth-unknown", f"cannot read the SMTP AUTH settings: {exc.message}", exc.hint)
         return
@@ -300,7 +317,7 @@ async def preflight(
     if mode != "offboard" and request.outbound is Outbound.SMTP and plan.trustee is not None:
         checks.append(_check_smtp_auth(session, plan))
     reads = [read_state(session, plan, d.right) for d in plan.delegations]
-    results = await asyncio.gather(*reads, *checks)
+    results = await gather_all(*reads, *checks)
     for d, (state, error) in zip(plan.delegations, results[: len(reads)]):
         d.current, d.error = state, error
     return plan
@@ -324,6 +341,8 @@ async def read_state(session: Session, plan: Plan, right: Right) -> tuple[State,
         if plan.trustee and plan.trustee_id.lower() in exc.message.lower():
             return State.ABSENT, None
         return State.UNKNOWN, exc.message
+    except (AccessDeniedError, AuthError):
+        raise  # the app itself lacks a permission or role: every read would fail, so stop and say so
     except EsjProvisionError as exc:
         return State.UNKNOWN, exc.message
     return (State.PRESENT if present else State.ABSENT), None
@@ -422,14 +441,14 @@ async def apply(session: Session, plan: Plan, journal: Journal | None) -> Plan:
             d.outcome = "already-present" if d.desired is State.PRESENT else "already-absent"
         else:
             d.outcome = "unknown"  # never write on a state we could not read
-    await asyncio.gather(*writes)
+    await gather_all(*writes)
     return plan
 
 
 async def verify(session: Session, plan: Plan) -> Plan:
     """Read back every delegation that was written."""
     written = [d for d in plan.delegations if d.outcome in {"applied", "removed"}]
-    states = await asyncio.gather(*(read_state(session, plan, d.right) for d in written))
+    states = await gather_all(*(read_state(session, plan, d.right) for d in written))
     for d, (state, error) in zip(written, states):
         d.verified = state
         if state is State.UNKNOWN:

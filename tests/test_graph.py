@@ -79,7 +79,7 @@ class FakeTokens:
     def __init__(self) -> None:
         self.calls: list[tuple[str, bool]] = []
 
-    async def get(self, scope: str, *, force_refresh: bool = False) -> Token:
+    async def get(self, scope: str, *, force_refresh: bool = False, rejected: str | None = None) -> Token:
         self.calls.append((scope, force_refresh))
         return Token(f"graph-{len(self.calls)}", time.time() + 3600)
 

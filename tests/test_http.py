@@ -72,7 +72,7 @@ class FakeTokens:
     def __init__(self) -> None:
         self.calls: list[tuple[str, bool]] = []
 
-    async def get(self, scope: str, *, force_refresh: bool = False) -> Token:
+    async def get(self, scope: str, *, force_refresh: bool = False, rejected: str | None = None) -> Token:
         self.calls.append((scope, force_refresh))
         n = sum(1 for s, _ in self.calls if s == scope)
         name = "graph" if "graph" in scope else "exo"
