@@ -1,0 +1,120 @@
+"""Sandbox settings and the checks on them. Cheap to import: no aiohttp, no cryptography.
+
+The CLI parses its options into :class:`SandboxConfig` before importing anything heavy, so a bad
+``--host`` or ``--latency-ms`` is refused in milliseconds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import UsageError
+
+# The environment a client needs, in the order the CLI prints it.
+ENV_VARS = (
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_AUTHORITY_HOST",
+    "ESJ_PROVISION_GRAPH_ENDPOINT",
+    "ESJ_PROVISION_EXCHANGE_ENDPOINT",
+    "ESJ_PROVISION_CA_BUNDLE",
+)
+SECRET_ENV = "ESJ_SANDBOX_CLIENT_SECRET"
+PFX_PASSWORD_ENV = "ESJ_SANDBOX_PFX_PASSWORD"
+
+MAX_BODY_BYTES = 1024 * 1024
+MAX_LATENCY_MS = 10_000  # a typo such as 50000 must not hang a CI job for minutes per request
+MAX_CALL_LOG = 100_000
+MAX_GENERATED_MAILBOXES = 1_000_000
+MAX_PAGE_SIZE = 100_000
+
+
+def check_loopback(host: str) -> str:
+    """Return the address to bind, or refuse: the sandbox has no auth on its control API and hands
+    out tokens for a fixed secret, so it must never be reachable from another machine."""
+    h = (host or "").strip().strip("[]")
+    if h.lower() == "localhost":
+        return "127.0.0.1"
+    try:
+        addr = ipaddress.ip_address(h)
+    except ValueError:
+        raise UsageError(
+            f"--host {host!r} is not a loopback address",
+            hint="the sandbox listens on loopback only: use 127.0.0.1 (default), ::1 or localhost",
+        ) from None
+    if not addr.is_loopback:
+        raise UsageError(
+            f"--host {host!r} is not a loopback address",
+            hint="the sandbox listens on loopback only: use 127.0.0.1 (default), ::1 or localhost",
+        )
+    return str(addr)
+
+
+def parse_latency(value: str | int | tuple[int, int] | None) -> tuple[int, int]:
+    """``N`` or ``MIN-MAX`` milliseconds, capped at :data:`MAX_LATENCY_MS`."""
+    if value is None or value == "":
+        return (0, 0)
+    if isinstance(value, tuple):
+        lo, hi = value
+    elif isinstance(value, int):
+        lo = hi = value
+    else:
+        text = value.strip()
+        try:
+            if "-" in text:
+                a, b = text.split("-", 1)
+                lo, hi = int(a), int(b)
+            else:
+                lo = hi = int(text)
+        except ValueError:
+            raise UsageError(
+                f"--latency-ms {value!r} is not N or MIN-MAX", hint="e.g. --latency-ms 50 or 20-200"
+            ) from None
+    if lo < 0 or hi < lo:
+        raise UsageError(f"--latency-ms {value!r}: need 0 <= MIN <= MAX")
+    return (min(lo, MAX_LATENCY_MS), min(hi, MAX_LATENCY_MS))
+
+
+@dataclass
+class SandboxConfig:
+    host: str = "127.0.0.1"
+    port: int = 0
+    dir: Path | None = None  # None: a temp dir, removed at stop
+    state_path: Path | None = None  # None: state lives in memory only
+    page_size: int = 1000
+    throttle_rps: float | None = None
+    fault_rate: float = 0.0
+    seed: int = 0
+    latency_ms: tuple[int, int] = (0, 0)
+    token_lifetime: int = 3599
+    mailboxes: int = 0
+    client_secret: str | None = None  # None: random per start
+    pfx_password: str | None = None  # None: random per start
+    max_runtime: float | None = None
+    verbose: bool = False
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def validate(self) -> SandboxConfig:
+        self.host = check_loopback(self.host)
+        if not 0 <= self.port <= 65535:
+            raise UsageError(f"--port {self.port} is out of range 0..65535")
+        if not 1 <= self.page_size <= MAX_PAGE_SIZE:
+            raise UsageError(f"--page-size must be 1..{MAX_PAGE_SIZE}")
+        if self.throttle_rps is not None and (
+            not math.isfinite(self.throttle_rps) or self.throttle_rps <= 0
+        ):
+            raise UsageError("--throttle-rps must be a positive number")
+        if not 0.0 <= self.fault_rate <= 1.0:
+            raise UsageError("--fault-rate must be between 0 and 1")
+        if not 1 <= self.token_lifetime <= 86_400:
+            raise UsageError("--token-lifetime must be 1..86400 seconds")
+        if not 0 <= self.mailboxes <= MAX_GENERATED_MAILBOXES:
+            raise UsageError(f"--mailboxes must be 0..{MAX_GENERATED_MAILBOXES}")
+        if self.max_runtime is not None and self.max_runtime <= 0:
+            raise UsageError("--max-runtime must be positive")
+        self.latency_ms = parse_latency(self.latency_ms)
+        return self

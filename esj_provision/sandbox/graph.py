@@ -1,0 +1,507 @@
+"""Microsoft Graph v1.0, the part esj-provision touches: users, mailboxSettings, mailFolders,
+servicePrincipals, applications, and JSON batching (reference §5).
+
+Pure request -> (status, body, headers) functions; auth happens in ``server.py`` and arrives
+here as the token's claims. Error bodies carry ``innerError`` with ``date``, ``request-id`` and
+``client-request-id`` like Graph's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import quote, unquote
+
+from yarl import URL
+
+from .exchange import rbac_permissions
+from .tenant import (
+    EXCHANGE_RESOURCE,
+    GRAPH_RESOURCE,
+    MICROSOFT_TENANT_ID,
+    RESOURCE_SPS,
+    App,
+    Recipient,
+    ResourceSp,
+    Tenant,
+)
+
+JSON_TYPE = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8"
+MAX_BATCH = 20
+VERSIONS = ("v1.0", "beta")
+
+_READ_USERS = {"User.Read.All", "User.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All"}
+_READ_APPS = {"Application.Read.All", "Application.ReadWrite.All", "Directory.Read.All", "Directory.ReadWrite.All"}
+_READ_SETTINGS = {"MailboxSettings.Read", "MailboxSettings.ReadWrite"}
+_READ_MAIL = {"Mail.Read", "Mail.ReadBasic", "Mail.ReadBasic.All", "Mail.ReadWrite"}
+
+Response = tuple[int, "dict[str, Any] | None", dict[str, str]]
+
+
+class GraphError(Exception):
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.headers = headers or {}
+
+
+def error_body(code: str, message: str, request_id: str, client_request_id: str) -> dict[str, Any]:
+    return {
+        "error": {
+            "code": code,
+            "message": message,
+            "innerError": {
+                "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
+                "request-id": request_id,
+                "client-request-id": client_request_id,
+            },
+        }
+    }
+
+
+@dataclass
+class Ctx:
+    tenant: Tenant
+    claims: dict[str, Any]
+    base: str  # https://127.0.0.1:PORT/graph
+    request_id: str
+    client_request_id: str
+
+    @property
+    def roles(self) -> set[str]:
+        return set(self.claims.get("roles") or [])
+
+
+def _not_found(key: str) -> GraphError:
+    return GraphError(
+        404, "Request_ResourceNotFound",
+        f"Resource '{key}' does not exist or one of its queried reference-property objects are not present.",
+    )
+
+
+def _segment_error(seg: str) -> GraphError:
+    return GraphError(400, "BadRequest", f"Resource not found for the segment '{seg}'.")
+
+
+def _need_directory(ctx: Ctx, roles: set[str]) -> None:
+    if not ctx.roles & roles:
+        raise GraphError(403, "Authorization_RequestDenied", "Insufficient privileges to complete the operation.")
+
+
+def _need_mailbox(ctx: Ctx, roles: set[str], mbx: Recipient | None = None) -> None:
+    if ctx.roles & roles:
+        return
+    # RBAC for Applications (Exchange-side role assignment scoped to mailboxes) also grants access.
+    if mbx is not None and rbac_permissions(ctx.tenant, str(ctx.claims.get("appid", "")), mbx) & roles:
+        return
+    raise GraphError(403, "ErrorAccessDenied", "Access is denied. Check credentials and try again.")
+
+
+# --- objects ----------------------------------------------------------------------------------
+
+_USER_DEFAULT = (
+    "businessPhones", "displayName", "givenName", "jobTitle", "mail", "mobilePhone", "officeLocation",
+    "preferredLanguage", "surname", "userPrincipalName", "id",
+)
+_USER_EXTRA = ("accountEnabled", "userType", "mailNickname", "proxyAddresses", "otherMails")
+
+
+def _user_json(r: Recipient) -> dict[str, Any]:
+    given, _, surname = r.display_name.partition(" ") if r.recipient_type == "UserMailbox" else ("", "", "")
+    return {
+        "businessPhones": [], "displayName": r.display_name, "givenName": given or None, "jobTitle": None,
+        "mail": r.mail, "mobilePhone": None, "officeLocation": None, "preferredLanguage": "en-US",
+        "surname": surname or None, "userPrincipalName": r.upn, "id": r.id,
+        "accountEnabled": r.account_enabled, "userType": r.user_type, "mailNickname": r.name,
+        "proxyAddresses": r.email_addresses, "otherMails": [],
+    }
+
+
+def _select(ctx: Ctx, obj: dict[str, Any], query: dict[str, str], type_name: str,
+            default: tuple[str, ...] | None = None) -> tuple[dict[str, Any], list[str] | None]:
+    """Apply ``$select``. Without it, ``default`` (Graph's default property set) or everything.
+
+    Note that Graph leaves ``accountEnabled`` out of a user unless it is selected: a client that
+    forgets ``$select`` reads it as missing here too.
+    """
+    raw = query.get("$select", query.get("select"))
+    if raw is None:
+        keys = default or tuple(obj)
+        return {k: obj[k] for k in keys}, None
+    by_lower = {k.lower(): k for k in obj}
+    picked: list[str] = []
+    for name in (p.strip() for p in raw.split(",")):
+        if not name:
+            continue
+        canon = by_lower.get(name.lower())
+        if canon is None:
+            raise GraphError(400, "BadRequest", f"Could not find a property named '{name}' on type '{type_name}'.")
+        if canon not in picked:
+            picked.append(canon)
+    return {k: obj[k] for k in picked}, picked
+
+
+def _app_sp_json(t: Tenant, app: App) -> dict[str, Any]:
+    return {
+        "id": app.sp_object_id, "appId": app.client_id, "displayName": app.display_name,
+        "servicePrincipalType": "Application", "accountEnabled": True, "appOwnerOrganizationId": t.tenant_id,
+        "servicePrincipalNames": [app.client_id], "appRoles": [],
+    }
+
+
+def _resource_sp_json(sp: ResourceSp) -> dict[str, Any]:
+    uri = GRAPH_RESOURCE if sp.display_name == "Microsoft Graph" else EXCHANGE_RESOURCE
+    return {
+        "id": sp.sp_object_id, "appId": sp.app_id, "displayName": sp.display_name,
+        "servicePrincipalType": "Application", "accountEnabled": True,
+        "appOwnerOrganizationId": MICROSOFT_TENANT_ID, "servicePrincipalNames": [sp.app_id, uri],
+        "appRoles": [
+            {
+                "allowedMemberTypes": ["Application"], "description": value, "displayName": value,
+                "id": rid, "isEnabled": True, "origin": "Application", "value": value,
+            }
+            for value, rid in sp.roles.items()
+        ],
+    }
+
+
+def _all_sps(t: Tenant) -> list[dict[str, Any]]:
+    return [*(_app_sp_json(t, a) for a in t.apps.values()), *(_resource_sp_json(sp) for sp in RESOURCE_SPS)]
+
+
+def _application_json(app: App) -> dict[str, Any]:
+    graph, exo = RESOURCE_SPS
+    required = []
+    for res, names in ((graph, app.graph_roles), (exo, app.exchange_roles)):
+        if names:
+            required.append(
+                {"resourceAppId": res.app_id,
+                 "resourceAccess": [{"id": res.roles[n], "type": "Role"} for n in names if n in res.roles]}
+            )
+    return {
+        "id": app.app_object_id, "appId": app.client_id, "displayName": app.display_name,
+        "signInAudience": "AzureADMyOrg", "requiredResourceAccess": required,
+    }
+
+
+def _assignments_json(t: Tenant, sp_id: str) -> list[dict[str, Any]]:
+    app = t.app_by_sp(sp_id)
+    if app is None:
+        if any(sp.sp_object_id == sp_id.lower() for sp in RESOURCE_SPS):
+            return []
+        raise _not_found(sp_id)
+    graph, exo = RESOURCE_SPS
+    out = []
+    for res, names in ((graph, app.graph_roles), (exo, app.exchange_roles)):
+        for n in names:
+            out.append(
+                {
+                    "id": f"{app.sp_object_id[:8]}{res.roles[n][:8]}", "deletedDateTime": None,
+                    "appRoleId": res.roles[n], "createdDateTime": "2026-01-01T00:00:00Z",
+                    "principalDisplayName": app.display_name, "principalId": app.sp_object_id,
+                    "principalType": "ServicePrincipal", "resourceDisplayName": res.display_name,
+                    "resourceId": res.sp_object_id,
+                }
+            )
+    return out
+
+
+_FILTER = re.compile(r"^\s*(\w+)\s+eq\s+'((?:[^']|'')*)'\s*$", re.IGNORECASE)
+
+
+def _filter(query: dict[str, str], allowed: tuple[str, ...]) -> tuple[str, str] | None:
+    raw = query.get("$filter", query.get("filter"))
+    if raw is None:
+        return None
+    m = _FILTER.match(raw)
+    if not m:
+        raise GraphError(400, "Request_UnsupportedQuery", "Unsupported query.")
+    prop = next((a for a in allowed if a.lower() == m.group(1).lower()), None)
+    if prop is None:
+        raise GraphError(400, "Request_UnsupportedQuery", f"Unsupported or invalid query filter clause specified for property '{m.group(1)}' of resource.")
+    return prop, m.group(2).replace("''", "'")
+
+
+def _collection(ctx: Ctx, version: str, entity: str, items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"@odata.context": f"{ctx.base}/{version}/$metadata#{entity}", "value": items}
+
+
+# --- routing ----------------------------------------------------------------------------------
+
+_KEYED = re.compile(r"^([A-Za-z$]+)\((.*)\)$", re.DOTALL)
+
+
+def _key_segment(seg: str) -> tuple[str, str | None, str | None]:
+    """``users('x@y')`` -> (users, None, x@y); ``servicePrincipals(appId='g')`` -> (..., appId, g)."""
+    m = _KEYED.match(seg)
+    if not m:
+        return seg, None, None
+    inner = m.group(2)
+    prop = None
+    if "=" in inner and not inner.startswith("'"):
+        prop, _, inner = inner.partition("=")
+    if len(inner) >= 2 and inner[0] == inner[-1] == "'":
+        inner = inner[1:-1].replace("''", "'")
+    return m.group(1), prop, inner
+
+
+def split_path(raw_path: str) -> list[str]:
+    """Path segments, URL-decoded one by one (so an encoded ``/`` cannot split a key); empty
+    segments dropped, which is how a doubled slash (``/v1.0//users``) is tolerated."""
+    return [unquote(s) for s in raw_path.split("/") if s]
+
+
+def dispatch(ctx: Ctx, method: str, segments: list[str], query: dict[str, str]) -> Response:
+    try:
+        return _route(ctx, method.upper(), segments, query)
+    except GraphError as e:
+        return e.status, error_body(e.code, e.message, ctx.request_id, ctx.client_request_id), e.headers
+
+
+def _route(ctx: Ctx, method: str, segs: list[str], query: dict[str, str]) -> Response:
+    if not segs:
+        raise _segment_error("")
+    version = segs[0]
+    if version not in VERSIONS:
+        raise GraphError(400, "BadRequest", f"Invalid version: {version}")
+    if len(segs) < 2:
+        raise _segment_error(version)
+    if method != "GET":
+        raise GraphError(405, "Request_BadRequest", "Specified HTTP method is not allowed for the request target.")
+    name, prop, key = _key_segment(segs[1])
+    rest = segs[2:]
+    if name == "users":
+        if key is None and rest:
+            key, rest = rest[0], rest[1:]
+        if key is None:
+            return _list_users(ctx, version, query)
+        return _user(ctx, version, key, rest, query)
+    if name in ("servicePrincipals", "applications"):
+        _need_directory(ctx, _READ_APPS)
+        return _apps(ctx, version, name, prop, key, rest, query)
+    raise _segment_error(segs[1])
+
+
+def _find_user(ctx: Ctx, key: str) -> Recipient:
+    r = ctx.tenant.find_recipient(key)
+    if r is None:
+        raise _not_found(key)
+    return r
+
+
+def _user(ctx: Ctx, version: str, key: str, rest: list[str], query: dict[str, str]) -> Response:
+    if not rest:
+        _need_directory(ctx, _READ_USERS)
+        r = _find_user(ctx, key)
+        body, picked = _select(ctx, _user_json(r), query, "microsoft.graph.user", _USER_DEFAULT)
+        entity = f"users({','.join(picked)})" if picked else "users"
+        return 200, {"@odata.context": f"{ctx.base}/{version}/$metadata#{entity}/$entity", **body}, {}
+    ctx_user = f"{ctx.base}/{version}/$metadata#users('{quote(key, safe='')}')"
+    if rest[0] == "mailboxSettings":
+        r = _find_user(ctx, key)
+        _need_mailbox(ctx, _READ_SETTINGS, r)
+        _rest_enabled(r)
+        settings = _mailbox_settings(r)
+        if len(rest) == 1:
+            return 200, {"@odata.context": f"{ctx_user}/mailboxSettings", **settings}, {}
+        if len(rest) == 2 and rest[1] in settings:
+            value = settings[rest[1]]
+            if rest[1] == "userPurpose":
+                value = value["value"]  # the property endpoint answers the plain string
+            if isinstance(value, dict):
+                return 200, {"@odata.context": f"{ctx_user}/mailboxSettings/{rest[1]}", **value}, {}
+            return 200, {"@odata.context": f"{ctx_user}/mailboxSettings/{rest[1]}", "value": value}, {}
+        raise _segment_error(rest[-1])
+    if rest[0] == "mailFolders" and len(rest) == 2:
+        r = _find_user(ctx, key)
+        _need_mailbox(ctx, _READ_MAIL, r)
+        _rest_enabled(r)
+        folder = _FOLDERS.get(rest[1].lower())
+        if folder is None:
+            raise GraphError(404, "ErrorItemNotFound", "The specified object was not found in the store.")
+        obj = {
+            "id": f"AAMkAD{r.id.replace('-', '')[:16]}{folder}", "displayName": folder,
+            "parentFolderId": f"AAMkAD{r.id.replace('-', '')[:16]}Root", "childFolderCount": 0,
+            "unreadItemCount": 0, "totalItemCount": 0, "sizeInBytes": 0, "isHidden": False,
+        }
+        body, _ = _select(ctx, obj, query, "microsoft.graph.mailFolder")
+        return 200, {"@odata.context": f"{ctx_user}/mailFolders/$entity", **body}, {}
+    raise _segment_error(rest[0])
+
+
+_FOLDERS = {
+    "inbox": "Inbox", "drafts": "Drafts", "sentitems": "Sent Items", "deleteditems": "Deleted Items",
+    "junkemail": "Junk Email", "archive": "Archive", "outbox": "Outbox",
+}
+
+
+def _rest_enabled(r: Recipient) -> None:
+    if not r.rest_enabled:
+        raise GraphError(
+            404, "MailboxNotEnabledForRESTAPI",
+            "The mailbox is either inactive, soft-deleted, or is hosted on-premise.",
+        )
+
+
+def _mailbox_settings(r: Recipient) -> dict[str, Any]:
+    return {
+        "archiveFolder": f"AAMkAD{r.id.replace('-', '')[:16]}Archive",
+        "timeZone": "UTC",
+        "delegateMeetingMessageDeliveryOptions": "sendToDelegateOnly",
+        "dateFormat": "yyyy-MM-dd",
+        "timeFormat": "HH:mm",
+        "userPurpose": {"value": r.user_purpose},
+        "automaticRepliesSetting": {
+            "status": "disabled", "externalAudience": "all", "internalReplyMessage": "",
+            "externalReplyMessage": "",
+        },
+        "language": {"locale": "en-US", "displayName": "English (United States)"},
+        "workingHours": {
+            "daysOfWeek": ["monday", "tuesday", "wednesday", "thursday", "friday"],
+            "startTime": "08:00:00.0000000", "endTime": "17:00:00.0000000",
+            "timeZone": {"name": "UTC"},
+        },
+    }
+
+
+def _list_users(ctx: Ctx, version: str, query: dict[str, str]) -> Response:
+    _need_directory(ctx, _READ_USERS)
+    t = ctx.tenant
+    flt = _filter(query, ("mail", "userPrincipalName", "id", "displayName", "mailNickname"))
+    raw_top = query.get("$top", "100")
+    if not raw_top.isdigit() or not 1 <= int(raw_top) <= 999:
+        raise GraphError(
+            400, "Request_BadRequest", f"Invalid page size specified: '{raw_top}'. Must be between 1 and 999 inclusive."
+        )
+    top = int(raw_top)
+    if flt is not None:
+        prop, value = flt
+        found = [r for r in t.find_recipients(value) if str(_user_json(r)[prop]).lower() == value.lower()]
+        items = [_select(ctx, _user_json(r), query, "microsoft.graph.user", _USER_DEFAULT)[0] for r in found]
+        return 200, _collection(ctx, version, "users", items), {}
+    start = int(query.get("$skiptoken", "0") or 0) if query.get("$skiptoken", "0").isdigit() else 0
+    end = min(start + top, t.recipient_count)
+    items = [_select(ctx, _user_json(t.at(i)), query, "microsoft.graph.user", _USER_DEFAULT)[0] for i in range(start, end)]
+    body = _collection(ctx, version, "users", items)
+    if end < t.recipient_count:
+        q = {k: v for k, v in query.items() if k != "$skiptoken"}
+        q["$skiptoken"] = str(end)
+        body["@odata.nextLink"] = str(URL(f"{ctx.base}/{version}/users").with_query(q))
+    return 200, body, {}
+
+
+def _apps(ctx: Ctx, version: str, name: str, prop: str | None, key: str | None, rest: list[str],
+          query: dict[str, str]) -> Response:
+    t = ctx.tenant
+    is_sp = name == "servicePrincipals"
+    type_name = "microsoft.graph.servicePrincipal" if is_sp else "microsoft.graph.application"
+    objs = _all_sps(t) if is_sp else [_application_json(a) for a in t.apps.values()]
+    if key is None and rest:
+        key, rest, prop = rest[0], rest[1:], None
+    if key is None:
+        flt = _filter(query, ("appId", "displayName", "id"))
+        if flt is not None:
+            objs = [o for o in objs if str(o[flt[0]]).lower() == flt[1].lower()]
+        items = [_select(ctx, o, query, type_name)[0] for o in objs]
+        return 200, _collection(ctx, version, name, items), {}
+    field = "appId" if (prop or "").lower() == "appid" else "id"
+    obj = next((o for o in objs if str(o[field]).lower() == key.lower()), None)
+    if obj is None:
+        raise _not_found(key)
+    if not rest:
+        body, _ = _select(ctx, obj, query, type_name)
+        return 200, {"@odata.context": f"{ctx.base}/{version}/$metadata#{name}/$entity", **body}, {}
+    if is_sp and rest == ["appRoleAssignments"]:
+        items = _assignments_json(t, obj["id"])
+        return 200, _collection(ctx, version, f"servicePrincipals('{obj['id']}')/appRoleAssignments", items), {}
+    raise _segment_error(rest[0])
+
+
+# --- batching ---------------------------------------------------------------------------------
+
+
+def _batch_error(ctx: Ctx, message: str) -> Response:
+    return 400, error_body("BadRequest", message, ctx.request_id, ctx.client_request_id), {}
+
+
+def batch(
+    ctx: Ctx, version: str, raw: bytes, take: Callable[[], int | None], rng: random.Random,
+    log: Callable[[str, str, str, int, bool], None],
+) -> Response:
+    """JSON batching (§5.4): at most 20 requests, unique ids, relative urls, per-item status; each
+    item is throttled on its own (``take`` returns a Retry-After when the bucket is empty), and
+    the responses come back in a shuffled order because Graph does not guarantee one."""
+    try:
+        payload = json.loads(raw or b"null")
+    except ValueError:
+        return _batch_error(ctx, "Invalid batch payload format.")
+    reqs = payload.get("requests") if isinstance(payload, dict) else None
+    if not isinstance(reqs, list) or not reqs:
+        return _batch_error(ctx, "Invalid batch payload format.")
+    if len(reqs) > MAX_BATCH:
+        return _batch_error(ctx, f"The number of requests in the batch exceeds the limit of {MAX_BATCH}.")
+    seen: dict[str, dict[str, Any]] = {}
+    for item in reqs:
+        if not isinstance(item, dict) or not isinstance(item.get("id"), str) or not item["id"]:
+            return _batch_error(ctx, "Every batch request needs a string 'id'.")
+        if item["id"] in seen:
+            return _batch_error(ctx, "Batch request contains duplicate request ids.")
+        if not isinstance(item.get("method"), str) or not isinstance(item.get("url"), str):
+            return _batch_error(ctx, "Every batch request needs a 'method' and a 'url'.")
+        if URL(item["url"]).is_absolute():
+            return _batch_error(ctx, "Batch request urls must be relative, e.g. /users/{id}.")
+        if "body" in item:
+            headers = item.get("headers")
+            if not isinstance(headers, dict) or not any(k.lower() == "content-type" for k in headers):
+                return _batch_error(ctx, "A batch request with a body needs a Content-Type header.")
+        seen[item["id"]] = item
+    for item in reqs:
+        deps = item.get("dependsOn", [])
+        if not isinstance(deps, list) or any(d not in seen or d == item["id"] for d in deps):
+            return _batch_error(ctx, "dependsOn must name other request ids of this batch.")
+
+    done: dict[str, dict[str, Any]] = {}
+    pending = list(reqs)
+    while pending:
+        ready = [i for i in pending if all(d in done for d in i.get("dependsOn", []))]
+        if not ready:
+            return _batch_error(ctx, "dependsOn forms a cycle.")
+        for item in ready:
+            pending.remove(item)
+            done[item["id"]] = _batch_item(ctx, version, item, done, take, log)
+    responses = [done[i["id"]] for i in reqs]
+    rng.shuffle(responses)
+    return 200, {"responses": responses}, {}
+
+
+def _batch_item(
+    ctx: Ctx, version: str, item: dict[str, Any], done: dict[str, dict[str, Any]],
+    take: Callable[[], int | None], log: Callable[[str, str, str, int, bool], None],
+) -> dict[str, Any]:
+    method = item["method"].upper()
+    url = URL(item["url"] if item["url"].startswith("/") else "/" + item["url"])
+    headers: dict[str, str] = {"Content-Type": JSON_TYPE, "Cache-Control": "no-cache"}
+    body: dict[str, Any] | None
+    if any(done[d]["status"] >= 400 for d in item.get("dependsOn", [])):
+        status, body = 424, error_body(
+            "FailedDependency", "The request could not be completed due to a failed dependency.",
+            ctx.request_id, ctx.client_request_id,
+        )
+    elif (retry := take()) is not None:
+        status = 429
+        body = error_body("TooManyRequests", "Too many requests.", ctx.request_id, ctx.client_request_id)
+        headers["Retry-After"] = str(retry)
+    else:
+        status, body, extra = dispatch(
+            ctx, method, [version, *split_path(url.raw_path)], dict(url.query)
+        )
+        headers.update(extra)
+    log(item["id"], method, str(url), status, status == 429)
+    return {"id": item["id"], "status": status, "headers": headers, "body": body}

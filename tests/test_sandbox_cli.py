@@ -1,0 +1,120 @@
+"""`esj-provision sandbox` as a process: env file, printed exports, clean SIGTERM, loopback only."""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from esj_provision.cli import app
+from esj_provision.errors import UsageError
+from esj_provision.sandbox import ENV_VARS, Sandbox
+from esj_provision.sandbox.config import check_loopback, parse_latency
+
+
+def _read_env(path: Path) -> dict[str, str]:
+    out = {}
+    for line in path.read_text().splitlines():
+        key, _, value = line.partition("=")
+        out[key] = value.strip("'")
+    return out
+
+
+def test_cli_serves_then_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    env_file = tmp_path / "sandbox.env"
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("from-a-file~secret\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "esj_provision", "sandbox", "--port", "0", "--env-file", str(env_file),
+         "--client-secret-file", str(secret_file), "--mailboxes", "3"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while not env_file.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the env file never appeared"
+            time.sleep(0.05)
+        assert env_file.stat().st_mode & 0o777 == 0o600
+        env = _read_env(env_file)
+        assert tuple(env) == ENV_VARS
+        assert env["AZURE_CLIENT_SECRET"] == "from-a-file~secret"
+        assert env["AZURE_AUTHORITY_HOST"].startswith("https://127.0.0.1:")
+        ca = env["ESJ_PROVISION_CA_BUNDLE"]
+        with httpx.Client(verify=ssl.create_default_context(cafile=ca)) as http:
+            r = http.post(
+                f"{env['AZURE_AUTHORITY_HOST']}/{env['AZURE_TENANT_ID']}/oauth2/v2.0/token",
+                data={"grant_type": "client_credentials", "client_id": env["AZURE_CLIENT_ID"],
+                      "client_secret": env["AZURE_CLIENT_SECRET"], "scope": "https://outlook.office365.com/.default"},
+            )
+            assert r.status_code == 200
+            r = http.post(
+                f"{env['ESJ_PROVISION_EXCHANGE_ENDPOINT']}/adminapi/beta/{env['AZURE_TENANT_ID']}/InvokeCommand",
+                json={"CmdletInput": {"CmdletName": "Get-Mailbox", "Parameters": {"Identity": "queue0003"}}},
+                headers={"Authorization": f"Bearer {r.json()['access_token']}"},
+            )
+            assert r.status_code == 200
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err
+    assert "export AZURE_CLIENT_SECRET='from-a-file~secret'" in out
+    assert "throwaway secret" in out
+    assert not env_file.exists()  # a stale file would send the next waiter to a dead port
+    assert not Path(ca).parent.exists()  # the temp dir is removed
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "10.1.2.3", "::", "example.com", "192.168.0.1"])
+def test_cli_refuses_a_non_loopback_host(host: str) -> None:
+    result = CliRunner().invoke(app, ["sandbox", "--host", host])
+    assert result.exit_code == 2
+    assert "loopback" in result.output
+
+
+def test_sandbox_class_refuses_non_loopback() -> None:
+    with pytest.raises(UsageError):
+        Sandbox(host="0.0.0.0")
+
+
+@pytest.mark.parametrize(("host", "bind"), [("127.0.0.1", "127.0.0.1"), ("localhost", "127.0.0.1"), ("::1", "::1"),
+                                            ("[::1]", "::1"), ("127.0.0.2", "127.0.0.2")])
+def test_loopback_hosts_are_accepted(host: str, bind: str) -> None:
+    assert check_loopback(host) == bind
+
+
+def test_latency_parsing_is_bounded() -> None:
+    assert parse_latency("50") == (50, 50)
+    assert parse_latency("20-200") == (20, 200)
+    assert parse_latency("0-999999") == (0, 10_000)
+    for bad in ("x", "200-20", "-5"):
+        with pytest.raises(UsageError):
+            parse_latency(bad)
+
+
+def test_kept_dir_and_ipv6(tmp_path: Path) -> None:
+    with Sandbox(host="::1", dir=tmp_path / "sbx") as sb:
+        assert sb.url.startswith("https://[::1]:")
+        with httpx.Client(verify=sb.ssl_context()) as http:
+            assert http.get(f"{sb.url}/_sandbox/health").status_code == 200
+    assert (tmp_path / "sbx" / "ca.pem").exists()  # --dir is the caller's: kept
+
+
+@pytest.mark.skipif(os.name != "posix", reason="signals")
+def test_max_runtime_stops_by_itself(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "esj_provision", "sandbox", "--max-runtime", "0.5", "--dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=20,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "stopped" in proc.stderr
