@@ -32,14 +32,19 @@ def default_journal_path() -> Path:
 
 
 def _redact(value: Any, secrets: tuple[str, ...]) -> Any:
+    """Replace every secret anywhere in ``value``: strings, dict keys and values, lists, tuples.
+
+    ``secrets`` must be ordered longest first (see :class:`Journal`), or a secret that contains
+    another one would be only partly masked.
+    """
     if isinstance(value, str):
         for secret in secrets:
             if secret and secret in value:
                 value = value.replace(secret, "***")
         return value
     if isinstance(value, dict):
-        return {k: _redact(v, secrets) for k, v in value.items()}
-    if isinstance(value, list):
+        return {_redact(k, secrets): _redact(v, secrets) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):  # json writes a tuple as a list
         return [_redact(v, secrets) for v in value]
     return value
 
@@ -63,19 +68,36 @@ class Journal:
     def __init__(self, path: Path, *, run_id: str | None = None, secrets: tuple[str, ...] = ()) -> None:
         self.path = path
         self.run_id = run_id or uuid.uuid4().hex[:12]
-        self._secrets = secrets
+        self._secrets = tuple(sorted(secrets, key=len, reverse=True))
         self._fd: int | None = None
 
     def open(self) -> Journal:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            if self._torn_at_end():
+                # A crash tore the last line: end it, or the first record of this run would be glued
+                # to the fragment and be unreadable too (an intent lost is a write no resume can find).
+                os.write(self._fd, b"\n")
         except OSError as exc:
+            self.close()
             raise JournalError(
                 f"cannot open the change journal {self.path}: {exc.strerror}",
                 hint="give a writable path with --journal; nothing was changed",
             ) from None
         return self
+
+    def _torn_at_end(self) -> bool:
+        assert self._fd is not None
+        size = os.fstat(self._fd).st_size
+        if size == 0:
+            return False
+        try:
+            with self.path.open("rb") as handle:
+                handle.seek(size - 1)
+                return handle.read(1) not in (b"\n", b"")
+        except OSError:  # write-only journal: cannot tell, and a torn line is rare
+            return False
 
     def close(self) -> None:
         if self._fd is not None:
@@ -100,7 +122,9 @@ class Journal:
         line = json.dumps(_redact(record, self._secrets), ensure_ascii=False, sort_keys=False) + "\n"
         try:
             assert self._fd is not None
-            os.write(self._fd, line.encode("utf-8"))
+            data = memoryview(line.encode("utf-8"))
+            while data:  # a short write (disk full) must not pass for a whole line
+                data = data[os.write(self._fd, data) :]
             os.fsync(self._fd)
         except OSError as exc:
             raise JournalError(
@@ -127,19 +151,19 @@ class Journal:
 def read_journal(path: Path) -> Iterator[dict[str, Any]]:
     """Every well-formed record; a torn last line (a crash mid-write) is skipped, not fatal."""
     try:
-        handle = path.open("r", encoding="utf-8")
+        handle = path.open("rb")  # bytes: a line torn inside a multi-byte character must not stop the read
     except FileNotFoundError:
         return
     except OSError as exc:
         raise JournalError(f"cannot read the change journal {path}: {exc.strerror}") from None
     with handle:
-        for number, line in enumerate(handle, start=1):
-            line = line.strip()
-            if not line:
+        for number, raw in enumerate(handle, start=1):
+            raw = raw.strip()
+            if not raw:
                 continue
             try:
-                record = json.loads(line)
-            except ValueError:
+                record = json.loads(raw.decode("utf-8"))
+            except ValueError:  # UnicodeDecodeError is a ValueError too
                 print(f"warning: {path}, line {number}: unreadable journal line skipped", file=sys.stderr)
                 continue
             if isinstance(record, dict):

@@ -7,12 +7,13 @@ however long the manifest is; only the set of mailbox addresses is kept, to catc
 
 from __future__ import annotations
 
+import codecs
 import csv
-import io
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from .errors import ConfigError, ManifestError
 from .models import Inbound, Outbound, is_address
@@ -86,37 +87,79 @@ def _row(line: int, raw: dict[str, Any], problems: list[tuple[int, str]]) -> Man
     return ManifestRow(line, mailbox, trustee, inbound, outbound, send_as, auto, instance)
 
 
-def _header_problems(header: list[str]) -> list[tuple[int, str]]:
+def _header_problems(header: list[str], line: int = 1) -> list[tuple[int, str]]:
     problems: list[tuple[int, str]] = []
     names = [h.strip().lower() for h in header]
     if not names:
-        return [(1, "the manifest is empty; the first line must be the header: " + ",".join(REQUIRED))]
+        return [(line, "the manifest is empty; the first line must be the header: " + ",".join(REQUIRED))]
     for column in REQUIRED:
         if column not in names:
-            problems.append((1, f"missing column {column!r} (the header must name {', '.join(REQUIRED)})"))
+            problems.append((line, f"missing column {column!r} (the header must name {', '.join(REQUIRED)})"))
     for name in names:
         if name and name not in COLUMNS:
-            problems.append((1, f"unknown column {name!r} (known: {', '.join(COLUMNS)})"))
+            problems.append((line, f"unknown column {name!r} (known: {', '.join(COLUMNS)})"))
     seen: set[str] = set()
     for name in names:
         if name in seen:
-            problems.append((1, f"column {name!r} appears twice"))
+            problems.append((line, f"column {name!r} appears twice"))
         seen.add(name)
     return problems
 
 
+_NOT_UTF8 = "not valid UTF-8 (save the manifest as UTF-8)"
+_LONE_CR = re.compile(rb"(?<=\r)(?!\n)")
+
+
+def _decoded_lines(handle: BinaryIO, bad: list[int]) -> Iterator[str]:
+    """The file's lines, each decoded on its own so a bad byte is pinned to its line.
+
+    Lines end as the csv module expects with ``newline=""``: at ``\n``, ``\r\n`` or a lone ``\r``.
+    A line that is not UTF-8 is decoded with replacement characters and its number added to ``bad``.
+    """
+    number = 0
+    for raw in handle:
+        if number == 0 and raw.startswith(codecs.BOM_UTF8):
+            raw = raw[len(codecs.BOM_UTF8) :]
+        for piece in _LONE_CR.split(raw) if b"\r" in raw else (raw,):
+            if not piece:
+                continue
+            number += 1
+            try:
+                yield piece.decode("utf-8")
+            except UnicodeDecodeError:
+                bad.append(number)
+                yield piece.decode("utf-8", "replace")
+
+
 def _iter_csv(path: Path, problems: list[tuple[int, str]]) -> Iterator[ManifestRow]:
-    with _open_text(path) as handle:
-        reader = csv.reader(handle)
-        try:
-            header = next(reader)
-        except StopIteration:
-            problems.append((1, "the manifest is empty; the first line must be the header: " + ",".join(REQUIRED)))
-            return
-        except (UnicodeDecodeError, csv.Error) as exc:
-            problems.append((1, f"cannot read the header: {exc}"))
-            return
-        header_problems = _header_problems(header)
+    with _open_binary(path) as handle:
+        bad: list[int] = []  # lines that are not UTF-8, in order, not yet reported
+        reader = csv.reader(_decoded_lines(handle, bad))
+
+        def undecodable() -> bool:
+            """Report the bad lines the reader has consumed so far; True if there were any."""
+            found = False
+            while bad and bad[0] <= reader.line_num:
+                problems.append((bad.pop(0), _NOT_UTF8))
+                found = True
+            return found
+
+        while True:  # the header is the first line that is not blank
+            header_line = reader.line_num + 1
+            try:
+                header = next(reader)
+            except StopIteration:
+                problems.append((1, "the manifest is empty; the first line must be the header: " + ",".join(REQUIRED)))
+                return
+            except csv.Error as exc:
+                undecodable()
+                problems.append((header_line, f"cannot read the header: {exc}"))
+                return
+            if undecodable():
+                return
+            if any(h.strip() for h in header):
+                break
+        header_problems = _header_problems(header, header_line)
         problems.extend(header_problems)
         if header_problems:
             return
@@ -127,12 +170,12 @@ def _iter_csv(path: Path, problems: list[tuple[int, str]]) -> Iterator[ManifestR
                 values = next(reader)
             except StopIteration:
                 return
-            except UnicodeDecodeError:
-                problems.append((line, "not valid UTF-8 (save the manifest as UTF-8)"))
-                return
             except csv.Error as exc:
+                undecodable()
                 problems.append((line, f"CSV syntax: {exc}"))
                 return
+            if undecodable():  # reported; the row's other checks would only repeat the noise
+                continue
             if not values or all(not v.strip() for v in values):
                 continue
             if len(values) > len(names):
@@ -143,15 +186,15 @@ def _iter_csv(path: Path, problems: list[tuple[int, str]]) -> Iterator[ManifestR
                 yield row
 
 
-class _open_text:
-    """Open as UTF-8 (a BOM is accepted); decoding errors surface per line in the reader."""
+class _open_binary:
+    """Open for :func:`_decoded_lines`, which decodes UTF-8 (a BOM is accepted) line by line."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def __enter__(self) -> io.TextIOWrapper:
+    def __enter__(self) -> BinaryIO:
         try:
-            self.handle = self.path.open("r", encoding="utf-8-sig", newline="")
+            self.handle = self.path.open("rb")
         except OSError as exc:
             raise ConfigError(f"cannot read the manifest {self.path}: {exc.strerror}") from None
         return self.handle
@@ -168,17 +211,32 @@ def _iter_yaml(path: Path, problems: list[tuple[int, str]]) -> Iterator[Manifest
             "YAML manifests need PyYAML", hint="pip install 'esj-provision[yaml]', or use a CSV manifest"
         ) from None
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        problems.append((text_line(path, exc.start), "not valid UTF-8 (save the manifest as UTF-8)"))
-        return
+        data = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read the manifest {path}: {exc.strerror}") from None
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        problems.append((data.count(b"\n", 0, exc.start) + 1, _NOT_UTF8))
+        return
+    # YAML's own line breaks; an error at the end of the stream is reported on the last line.
+    last_line = max(1, len(_YAML_BREAK.findall(text)) + (0 if _YAML_BREAK.search(text[-1:]) else 1))
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.reader.ReaderError as exc:  # a character YAML does not accept, e.g. a control character
+        line = len(_YAML_BREAK.findall(text, 0, exc.position)) + 1
+        char = f"#x{exc.character:04x}" if isinstance(exc.character, int) else repr(exc.character)
+        problems.append((min(line, last_line), f"YAML syntax: {exc.reason} ({char})"))
+        return
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        problems.append(((mark.line + 1) if mark else 1, f"YAML syntax: {getattr(exc, 'problem', exc)}"))
+        line = (mark.line + 1) if mark else 1
+        problems.append((min(line, last_line), f"YAML syntax: {getattr(exc, 'problem', None) or exc}"))
+        return
+    except RecursionError:
+        problems.append((1, "YAML syntax: nested too deeply"))
         return
     if root is None:
         problems.append((1, "the manifest is empty"))
@@ -210,9 +268,7 @@ def _iter_yaml(path: Path, problems: list[tuple[int, str]]) -> Iterator[Manifest
             yield row
 
 
-def text_line(path: Path, offset: int) -> int:
-    with path.open("rb") as handle:
-        return handle.read(offset).count(b"\n") + 1
+_YAML_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")  # what PyYAML counts as a line break
 
 
 def _rows(path: Path, problems: list[tuple[int, str]]) -> Iterator[ManifestRow]:

@@ -3,13 +3,24 @@ the REST endpoint is blocked (it is undocumented, and Microsoft may close it at 
 
 from __future__ import annotations
 
+import re
+
 from .models import Right, State
 from .planning import Plan
+
+# Every character PowerShell's tokenizer takes for a single quote: ' and the typographic ‘ ’ ‚ ‛.
+_SINGLE_QUOTES = re.compile("['\u2018\u2019\u201a\u201b]")
 
 
 def quote(value: str) -> str:
     """A PowerShell single-quoted string literal (the only escape is a doubled quote)."""
-    return "'" + value.replace("'", "''").replace("\u2019", "\u2019\u2019").replace("\u2018", "\u2018\u2018") + "'"
+    return "'" + _SINGLE_QUOTES.sub(lambda m: m.group() * 2, value) + "'"
+
+
+def comment(text: str) -> str:
+    """A ``#`` comment on one line: a line break in the text (an error message) would end the
+    comment, and whatever follows it would run as a command."""
+    return "# " + " ".join(text.splitlines())
 
 
 def command_for(plan: Plan, right: Right, desired: State) -> str:
@@ -36,13 +47,15 @@ def to_powershell(plans: list[Plan]) -> str:
     ]
     for plan in plans:
         if plan.refused:
-            lines.append(f"# {plan.request.mailbox}: refused by preflight, nothing to run")
+            lines.append(comment(f"{plan.request.mailbox}: refused by preflight, nothing to run"))
             continue
         for d in plan.delegations:
             if d.action == "none":
-                lines.append(f"# {d.right.value} on {plan.mailbox_id} for {plan.trustee_id}: already {d.current.value}")
+                lines.append(
+                    comment(f"{d.right.value} on {plan.mailbox_id} for {plan.trustee_id}: already {d.current.value}")
+                )
                 continue
             if d.action == "unknown":
-                lines.append(f"# state unknown ({d.error or 'not read'}); this command is idempotent:")
+                lines.append(comment(f"state unknown ({d.error or 'not read'}); this command is idempotent:"))
             lines.append(command_for(plan, d.right, d.desired))
     return "\n".join(lines) + "\n"
