@@ -4,6 +4,11 @@ For every row, each delegation is ``present``, ``absent`` or ``unknown`` (with t
 the drift that matters to ESJ: the mailbox is no longer shared (or gone), the trustee is disabled
 (or gone, or no longer mail-enabled), SMTP AUTH is switched off for an SMTP row. An ``unknown``
 is never reported as in sync.
+
+A trustee that is an app's client id is the ESJ app's Exchange service principal: its Full Access
+is checked (it has no Send As), and so is its registration. Every such app, and every ``--esj-app``,
+is also checked for access wider than its mailboxes (tenant-wide mail permissions, organisation-wide
+RBAC roles), which counts as drift.
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .bulk import CHUNK_ROWS, _chunks, for_each_row_chunk, request_for, warm_up
+from .apps import AppAccess, app_access
+from .bulk import process_rows, request_for, warm_up
 from .errors import AccessDeniedError, AuthError, EsjProvisionError, ExitStatus
 from .manifest import ManifestRow, rows
 from .models import Right, State
@@ -37,9 +43,18 @@ DRIFT_CODES = {
     "trustee-not-mail-enabled": "trustee not mail-enabled",
     "smtp-auth-disabled-mailbox": "SMTP AUTH disabled for the trustee",
     "smtp-auth-disabled-tenant": "SMTP AUTH disabled for the tenant",
+    "trustee-app-not-found": "ESJ app has no enterprise application",
+    "trustee-app-not-registered": "ESJ app not registered in Exchange",
+    "trustee-app-wrong-object-id": "ESJ app registered in Exchange with the wrong object id",
 }
 # Findings that mean we could not tell.
-UNKNOWN_CODES = {"mailbox-lookup-failed", "trustee-lookup-failed", "mailbox-purpose-unknown", "smtp-auth-unknown"}
+UNKNOWN_CODES = {
+    "mailbox-lookup-failed",
+    "trustee-lookup-failed",
+    "mailbox-purpose-unknown",
+    "smtp-auth-unknown",
+    "trustee-app-lookup-failed",
+}
 
 
 @dataclass
@@ -82,23 +97,28 @@ class AuditRow:
 @dataclass
 class AuditReport:
     rows: list[AuditRow] = field(default_factory=list)
+    apps: list[AppAccess] = field(default_factory=list)  # ESJ apps: access wider than their mailboxes?
     elapsed_s: float = 0.0
     stats: dict[str, Any] = field(default_factory=dict)
 
     def count(self, status: str) -> int:
         return sum(1 for r in self.rows if r.status == status)
 
+    def count_apps(self, status: str) -> int:
+        return sum(1 for a in self.apps if a.status == status)
+
     @property
     def exit_status(self) -> ExitStatus:
-        """1 when any row could not be read (the audit is incomplete), else 3 on drift, else 0."""
-        if self.count("unknown"):
+        """1 when any row or app could not be read (the audit is incomplete), else 3 on drift
+        (an app with wider access included), else 0."""
+        if self.count("unknown") or self.count_apps("unknown"):
             return ExitStatus.ERROR
-        if self.count("drift"):
+        if self.count("drift") or self.count_apps("wider"):
             return ExitStatus.DRIFT
         return ExitStatus.OK
 
     def summary(self) -> dict[str, Any]:
-        return {
+        out = {
             "rows": len(self.rows),
             "in_sync": self.count("in-sync"),
             "drift": self.count("drift"),
@@ -106,6 +126,11 @@ class AuditReport:
             "elapsed_s": round(self.elapsed_s, 3),
             "calls": self.stats,
         }
+        if self.apps:
+            out["apps"] = len(self.apps)
+            out["apps_wider"] = self.count_apps("wider")
+            out["apps_unknown"] = self.count_apps("unknown")
+        return out
 
 
 def audit_row(row: ManifestRow, plan_findings: list[Any], delegations: list[Any]) -> AuditRow:
@@ -119,7 +144,8 @@ def audit_row(row: ManifestRow, plan_findings: list[Any], delegations: list[Any]
         inbound=row.inbound.value,
         outbound=row.outbound.value,
         full_access=fa.current.value if fa else State.UNKNOWN.value,
-        send_as=(sa.current.value if sa else State.UNKNOWN.value) if row.send_as else "-",
+        # An app trustee never gets Send As (it sends with its own app permission).
+        send_as=(sa.current.value if sa else State.UNKNOWN.value) if row.send_as and not row.trustee_is_app else "-",
     )
     for f in plan_findings:
         if f.code in DRIFT_CODES:
@@ -137,7 +163,7 @@ def audit_row(row: ManifestRow, plan_findings: list[Any], delegations: list[Any]
     if refused_before_reading and out.drift:
         # Preflight found the mailbox or trustee gone: the delegations cannot exist; say so plainly.
         out.full_access = "n/a" if out.full_access == State.UNKNOWN.value else out.full_access
-        if row.send_as:
+        if row.send_as and not row.trustee_is_app:
             out.send_as = "n/a" if out.send_as == State.UNKNOWN.value else out.send_as
     return out
 
@@ -148,10 +174,12 @@ async def run_audit(
     *,
     concurrency: int,
     on_row: Callable[[AuditRow], None] | None = None,
+    esj_apps: tuple[str, ...] = (),
 ) -> AuditReport:
     started = time.monotonic()
     report = AuditReport()
     await warm_up(session)
+    apps: dict[str, None] = {a.lower(): None for a in esj_apps}  # ordered set: manifest apps join it
 
     async def handle(row: ManifestRow, lookups: dict[str, LookupResult]) -> AuditRow:
         request = request_for(row)
@@ -166,13 +194,16 @@ async def run_audit(
         return audit_row(row, plan.findings, plan.delegations)
 
     def done(row: ManifestRow, result: AuditRow) -> None:
+        if row.trustee_is_app:
+            apps[row.trustee.lower()] = None
         report.rows.append(result)
         if on_row is not None:
             on_row(result)
 
-    for chunk in _chunks(rows(path), CHUNK_ROWS):
-        await for_each_row_chunk(session, chunk, concurrency, handle, done)
+    await process_rows(session, rows(path), concurrency, handle, done)
     report.rows.sort(key=lambda r: r.line)
+    for app_id in apps:
+        report.apps.append(await app_access(session, app_id))
     report.elapsed_s = time.monotonic() - started
     report.stats = session.stats()
     return report
@@ -187,12 +218,10 @@ def _cells(r: AuditRow) -> list[str]:
 
 
 def render_json(report: AuditReport) -> str:
-    return (
-        json.dumps(
-            {"summary": report.summary(), "rows": [r.to_dict() for r in report.rows]}, indent=2, ensure_ascii=False
-        )
-        + "\n"
-    )
+    data: dict[str, Any] = {"summary": report.summary(), "rows": [r.to_dict() for r in report.rows]}
+    if report.apps:
+        data["apps"] = [a.to_dict() for a in report.apps]
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
 def render_csv(report: AuditReport) -> str:
@@ -218,4 +247,9 @@ def render_markdown(report: AuditReport) -> str:
         "|" + "---|" * len(COLUMNS),
     ]
     lines += ["| " + " | ".join(esc(c) for c in _cells(r)) + " |" for r in report.rows]
+    if report.apps:
+        lines += ["", "## ESJ apps", "", "| app | status | wider than its mailboxes / errors |", "|---|---|---|"]
+        for a in report.apps:
+            name = f"{a.display_name} ({a.app_id})" if a.display_name else a.app_id
+            lines.append(f"| {esc(name)} | {a.status} | {esc('; '.join(a.wider + a.errors))} |")
     return "\n".join(lines) + "\n"

@@ -26,7 +26,7 @@ from .errors import AccessDeniedError, AuthError, EsjProvisionError, JournalErro
 from .journal import Entry, Journal, open_intents
 from .manifest import ManifestRow
 from .models import State
-from .planning import OnboardRequest, Plan, gather_all, run
+from .planning import OnboardRequest, Plan, run
 
 if TYPE_CHECKING:
     from .clouds import Cloud
@@ -45,8 +45,9 @@ def request_for(row: ManifestRow) -> OnboardRequest:
         trustee=row.trustee,
         inbound=row.inbound,
         outbound=row.outbound,
-        send_as=row.send_as,
+        send_as=row.send_as and not row.trustee_is_app,
         auto_response=row.auto_response,
+        trustee_is_app=row.trustee_is_app,
     )
 
 
@@ -148,6 +149,9 @@ class OptionFiles:
         self.tenant_id = tenant_id
         self._shard_of_line: dict[int, str] = {}
         self._pending: dict[str, list[ManifestRow]] = {}
+        self._expected: dict[str, int] = {}  # rows assigned to a file
+        self._finished: dict[str, int] = {}  # rows of it that are done, successful or not
+        self._closed: set[str] = set()  # files that can receive no more rows
         self._auto_seen = 0
         self.files: list[str] = []
         self.warnings: list[str] = []
@@ -159,18 +163,21 @@ class OptionFiles:
         else:
             name = f"auto-{self._auto_seen // SHARD_SIZE + 1:03d}"
             self._auto_seen += 1
+            if self._auto_seen % SHARD_SIZE == 0:
+                self._closed.add(name)
         self._shard_of_line[row.line] = name
         self._pending.setdefault(name, [])
+        self._expected[name] = self._expected.get(name, 0) + 1
 
-    def add(self, row: ManifestRow) -> None:
-        self._pending[self._shard_of_line[row.line]].append(row)
-
-    def flush_complete(self) -> None:
-        """Write auto shards that can receive no more rows (keeps memory flat on huge manifests)."""
-        full = self._auto_seen // SHARD_SIZE  # shards 1..full have all their rows assigned, and processed
-        for name in list(self._pending):
-            if name.startswith("auto-") and int(name[5:]) <= full:
-                self._write(name)
+    def finish(self, row: ManifestRow, *, include: bool) -> None:
+        """A row is done; its options go in the file only if it succeeded. A full auto shard whose
+        rows are all done is written at once, so memory stays flat on huge manifests."""
+        name = self._shard_of_line.pop(row.line)
+        if include:
+            self._pending[name].append(row)
+        self._finished[name] = self._finished.get(name, 0) + 1
+        if name in self._closed and self._finished[name] == self._expected[name]:
+            self._write(name)
 
     def flush_all(self) -> None:
         for name in list(self._pending):
@@ -181,8 +188,8 @@ class OptionFiles:
         from .output import render_cfg, write_output
 
         rows = sorted(self._pending.pop(name), key=lambda r: r.line)
-        for line in [line for line, shard in self._shard_of_line.items() if shard == name]:
-            del self._shard_of_line[line]
+        self._expected.pop(name, None)
+        self._finished.pop(name, None)
         if not rows:
             return
         if len(rows) > SHARD_SIZE:
@@ -196,12 +203,13 @@ class OptionFiles:
                 build_options(
                     EsjRequest(
                         mailbox=row.mailbox,
-                        trustee=row.trustee,
+                        # An app trustee has no address; its client id is the ESJ app's.
+                        trustee=None if row.trustee_is_app else row.trustee,
                         inbound=row.inbound,
                         outbound=row.outbound,
                         auto_response=row.auto_response,
                         cloud=self.cloud,
-                        client_id=self.esj_client_id,
+                        client_id=self.esj_client_id or (row.trustee if row.trustee_is_app else None),
                         tenant_id=self.tenant_id,
                         section_index=index,
                     ),
@@ -245,6 +253,22 @@ async def run_bulk(
     results = results_path.open("w", encoding="utf-8")
 
     def reconcile(plan: Plan) -> None:
+        if plan.app is not None and not dry_run:
+            # A registration a crashed run started: preflight has just read whether Exchange has it.
+            key = Entry("new-service-principal", "(organization)", plan.app.app_id).key
+            intent = in_flight.pop(key, None)
+            if intent is not None:
+                journal.write(
+                    "reconciled",
+                    key=key,
+                    op="new-service-principal",
+                    mailbox="(organization)",
+                    trustee=plan.app.app_id,
+                    outcome="applied" if plan.app.exo is not None else "not-applied",
+                    run_of_intent=intent.get("run"),
+                    note="outcome of an interrupted earlier run, read from the tenant",
+                )
+                summary.reconciled += 1
         for d in plan.delegations:
             key = Entry(d.op, plan.mailbox_id, plan.trustee_id).key
             intent = in_flight.pop(key, None)
@@ -292,21 +316,17 @@ async def run_bulk(
                 summary.writes += 1
             elif d.get("outcome") in {"already-present", "already-absent"}:
                 summary.already += 1
-        if result.status in {"refused", "failed"}:
+        failed = result.status in {"refused", "failed"}
+        if failed:
             summary.failures.append((row.line, row.mailbox, result.error or result.status))
-        else:
-            files.add(row)
+        files.finish(row, include=not failed)
         results.write(result.to_json() + "\n")
         results.flush()
         if on_row is not None:
             on_row(result)
 
     try:
-        for chunk in _chunks(manifest_mod.rows(path), CHUNK_ROWS):
-            for row in chunk:
-                files.assign(row)
-            await for_each_row_chunk(session, chunk, concurrency, handle, done)
-            files.flush_complete()
+        await process_rows(session, manifest_mod.rows(path), concurrency, handle, done, on_row_read=files.assign)
         files.flush_all()
     finally:
         results.close()
@@ -323,28 +343,58 @@ async def run_bulk(
     return summary
 
 
-async def for_each_row_chunk(
-    session: Session,
-    chunk: list[ManifestRow],
-    concurrency: int,
-    handle: Callable[[ManifestRow, dict[str, LookupResult]], Awaitable[T]],
-    done: Callable[[ManifestRow, T], None],
-) -> None:
-    """One chunk: batched Graph lookups, then ``handle`` per row, ``concurrency`` at once.
-
-    The trustee (usually one service account for every row) is looked up once per session."""
+async def lookups_for(session: Session, chunk: list[ManifestRow]) -> dict[str, LookupResult]:
+    """The chunk's mailbox and account lookups, as Graph JSON batches. The trustee (usually one
+    service account for every row) is looked up once per session."""
     cache = session.trustee_lookups
     mailboxes = list(dict.fromkeys(r.mailbox for r in chunk))
-    new_trustees = [t for t in dict.fromkeys(r.trustee for r in chunk) if t not in cache]
+    # App trustees (client ids) are not directory users: preflight resolves them as apps.
+    new_trustees = [t for t in dict.fromkeys(r.trustee for r in chunk if not r.trustee_is_app) if t not in cache]
     found = await session.graph.lookup_many(mailboxes, with_purpose=True)
     if new_trustees:
         cache.update(await session.graph.lookup_many(new_trustees, with_purpose=False))
-    lookups = {**found, **{r.trustee: cache[r.trustee] for r in chunk if r.trustee in cache}}
-    semaphore = asyncio.Semaphore(max(1, concurrency))
+    return {**found, **{r.trustee: cache[r.trustee] for r in chunk if r.trustee in cache}}
 
-    async def one(row: ManifestRow) -> None:
-        async with semaphore:
-            result = await handle(row, lookups)
-        done(row, result)
 
-    await gather_all(*(one(r) for r in chunk))
+async def process_rows(
+    session: Session,
+    rows: Iterator[ManifestRow],
+    concurrency: int,
+    handle: Callable[[ManifestRow, dict[str, LookupResult]], Awaitable[T]],
+    done: Callable[[ManifestRow, T], None],
+    *,
+    on_row_read: Callable[[ManifestRow], None] | None = None,
+) -> None:
+    """Stream rows through ``concurrency`` workers. A reader looks up each chunk ahead (batched)
+    and feeds a bounded queue, so Graph lookups overlap with the Exchange work of earlier rows,
+    no worker idles at a chunk boundary, and memory holds about two chunks whatever the size."""
+    queue: asyncio.Queue[tuple[ManifestRow, dict[str, LookupResult]] | None] = asyncio.Queue(maxsize=CHUNK_ROWS)
+    workers = max(1, concurrency)
+
+    async def reader() -> None:
+        for chunk in _chunks(rows, CHUNK_ROWS):
+            if on_row_read is not None:
+                for row in chunk:
+                    on_row_read(row)
+            lookups = await lookups_for(session, chunk)
+            for row in chunk:
+                await queue.put((row, lookups))
+        for _ in range(workers):
+            await queue.put(None)
+
+    async def worker() -> None:
+        while (item := await queue.get()) is not None:
+            row, lookups = item
+            done(row, await handle(row, lookups))
+
+    tasks = [asyncio.ensure_future(reader()), *(asyncio.ensure_future(worker()) for _ in range(workers))]
+    try:
+        finished, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in finished:
+            if task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+    finally:
+        # On an error (or Ctrl-C) stop everyone, and wait, so nothing runs on a closing client.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -32,7 +32,7 @@ from .errors import (
     ThrottledError,
     TransientError,
 )
-from .http import RETRYABLE_STATUS, parse_retry_after
+from .http import RETRYABLE_STATUS, WEIGHT_EXTENSION, parse_retry_after
 from .models import DirectoryUser, ServicePrincipal
 
 if TYPE_CHECKING:
@@ -393,6 +393,10 @@ class GraphClient:
             retry: list[_Item] = []
             waits: list[float] = []
             throttled = False
+            pacer = self._http.transport.pacers.get("graph")
+            answered = sum(1 for o in outcomes if o.status < 400 or o.status in {403, 404})
+            if pacer is not None and answered:
+                pacer.on_success(answered)  # items Graph served (an error answer is served too)
             for o in outcomes:
                 if o.status in RETRYABLE_STATUS and not o.final and attempt < policy.max_attempts:
                     retry.append(o.item)
@@ -412,7 +416,6 @@ class GraphClient:
                 break
             waited += delay
             log.debug("%d batch item(s) throttled or failed; again in %.2fs", len(retry), delay)
-            pacer = self._http.transport.pacers.get("graph")
             if throttled and pacer is not None:
                 # The pacer pauses every Graph caller and slows down; the next $batch POST waits
                 # out the delay in the transport's acquire().
@@ -473,7 +476,10 @@ class GraphClient:
         transport) becomes a final outcome with that status for each of its items."""
         requests = [{"id": str(n), "method": "GET", "url": item.url} for n, item in enumerate(chunk, 1)]
         response = await self._http.client.post(
-            f"{self.base_url}/$batch", json={"requests": requests}, headers={"Accept": "application/json"}
+            f"{self.base_url}/$batch",
+            json={"requests": requests},
+            headers={"Accept": "application/json"},
+            extensions={WEIGHT_EXTENSION: len(requests)},  # Graph throttles each item of a batch
         )
         try:
             payload = response.json()

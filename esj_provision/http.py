@@ -41,6 +41,7 @@ log = logging.getLogger("esj_provision.http")
 
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 WRITE_EXTENSION = "esj_write"
+WEIGHT_EXTENSION = "esj_weight"  # how many calls a request counts for against a limit ($batch items)
 
 
 @dataclass
@@ -75,21 +76,24 @@ def parse_retry_after(value: str | None) -> float | None:
 class AdaptivePacer:
     """Spaces the requests to one service so that a throttling limit is met, not hammered.
 
-    Unpaced until the first 429. Then the rate is set just below the rate observed when the 429
-    came, everyone waits out ``Retry-After``, and the rate climbs back quickly to 97% of that
-    ceiling and only slowly beyond it, so that 429s (each costing a pause) stay rare.
+    Unpaced until the first 429. Then the rate is set just below the rate the service was
+    answering when the 429 came, everyone waits out ``Retry-After``, and the rate climbs back
+    quickly to 97% of that ceiling and only slowly beyond it, so that 429s (each costing a pause
+    for every caller) stay rare. The 429s of one burst (requests already in flight when the first
+    one came back) count as one signal, not as many. A request may weigh more than one (a Graph
+    ``$batch`` of 20 counts 20 against the limit).
     """
 
-    WINDOW_S = 2.0
-    BACKOFF = 0.85
+    WINDOW_S = 5.0  # long enough to average over a Retry-After pause and the burst that follows it
+    BACKOFF = 0.9
     NEAR = 0.97
-    PROBE_PER_S = 0.004  # growth beyond NEAR * ceiling, as a fraction of the ceiling per second
+    PROBE_PER_S = 0.02  # growth beyond NEAR * ceiling, as a fraction of the ceiling per second
 
     def __init__(
         self,
         *,
         max_rate: float | None = None,
-        min_rate: float = 0.2,
+        min_rate: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
@@ -102,31 +106,46 @@ class AdaptivePacer:
         self._sleep = sleep
         self._next_slot = 0.0
         self._paused_until = 0.0
+        self._cooldown_until = 0.0
+        self._since = clock()  # rates are measured from here at the earliest
         self._last_growth = clock()
-        self._successes: deque[float] = deque(maxlen=4096)
+        self._successes: deque[tuple[float, int]] = deque(maxlen=4096)
+        self._sends: deque[tuple[float, int]] = deque(maxlen=4096)
+
+    def _rate(self, events: deque[tuple[float, int]], now: float) -> float:
+        """Events per second over the recent window, measured between its first and last event
+        (not from the window's start, which would dilute a burst that followed a quiet spell)."""
+        while events and events[0][0] < max(now - self.WINDOW_S, self._since):
+            events.popleft()
+        if len(events) < 2:
+            return 0.0
+        # From the first event in the window to now: a pause (Retry-After) counts, a quiet
+        # spell before the first event does not.
+        span = now - events[0][0]
+        if span < 0.25:
+            return 0.0  # too short to tell a rate from a burst
+        return (sum(w for _, w in events) - events[0][1]) / span
 
     def observed_rate(self) -> float:
-        now = self._clock()
-        while self._successes and self._successes[0] < now - self.WINDOW_S:
-            self._successes.popleft()
-        return len(self._successes) / self.WINDOW_S
+        return self._rate(self._successes, self._clock())
 
-    async def acquire(self) -> None:
+    async def acquire(self, weight: int = 1) -> None:
         now = self._clock()
         start = max(now, self._next_slot, self._paused_until)
         if self.rate:
-            self._next_slot = start + 1.0 / self.rate
+            self._next_slot = start + weight / self.rate
+        self._sends.append((start, weight))
         if start > now:
             await self._sleep(start - now)
 
-    def on_success(self) -> None:
+    def on_success(self, weight: int = 1) -> None:
         now = self._clock()
-        self._successes.append(now)
+        self._successes.append((now, weight))
         elapsed, self._last_growth = now - self._last_growth, now
         if self.rate is None or self.ceiling is None:
             return
         if self.rate < self.NEAR * self.ceiling:
-            self.rate = min(self.NEAR * self.ceiling, self.rate * 1.05)
+            self.rate = min(self.NEAR * self.ceiling, self.rate * (1.05**weight))
         else:
             self.rate += self.ceiling * self.PROBE_PER_S * min(elapsed, 1.0)
         if self.max_rate:
@@ -135,13 +154,16 @@ class AdaptivePacer:
     def on_throttle(self, retry_after: float) -> None:
         now = self._clock()
         self.throttled += 1
-        observed = self.observed_rate()
-        current = self.rate if self.rate is not None else observed
-        ceiling = min(current, observed) if observed > 0 else current
-        self.ceiling = max(self.min_rate, ceiling or self.min_rate)
-        self.rate = max(self.min_rate, self.BACKOFF * self.ceiling)
         self._paused_until = max(self._paused_until, now + retry_after)
-        self._next_slot = self._paused_until
+        self._next_slot = max(self._next_slot, self._paused_until)
+        if now < self._cooldown_until:
+            return  # part of a burst already accounted for
+        answered = self._rate(self._successes, now)
+        # With no measurable answer rate yet (a first burst), what was sent in the last second.
+        estimate = answered if answered > 0 else float(sum(w for t, w in self._sends if t >= now - 1.0))
+        self.ceiling = max(self.min_rate, estimate)
+        self.rate = max(self.min_rate, self.BACKOFF * self.ceiling)
+        self._cooldown_until = self._paused_until + 1.0
 
 
 @dataclass(frozen=True)
@@ -210,8 +232,9 @@ class MicrosoftTransport(httpx.AsyncBaseTransport):
         await request.aread()  # buffer the body so a retry can send it again
         while True:
             attempt += 1
+            weight = int(request.extensions.get(WEIGHT_EXTENSION, 1))
             if pacer:
-                await pacer.acquire()
+                await pacer.acquire(weight)
             if resource is not None and self._tokens is not None:
                 if force:
                     token = await self._tokens.get(resource.scope, force_refresh=True, rejected=used)
@@ -282,7 +305,9 @@ class MicrosoftTransport(httpx.AsyncBaseTransport):
                 continue
             if status not in RETRYABLE_STATUS or (write and status != 429):
                 # Writes are retried only on 429 (the service refused before doing anything).
-                if pacer and status < 400:
+                if pacer and status < 400 and weight == 1:
+                    # A weighted request ($batch) may be partly throttled inside a 200: its
+                    # sender reports the items that really got through.
                     pacer.on_success()
                 return response
             retry_after = parse_retry_after(response.headers.get("Retry-After"))
