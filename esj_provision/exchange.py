@@ -613,10 +613,28 @@ class ExchangeClient:
             "New-ManagementScope", {"Name": name, "RecipientRestrictionFilter": recipient_filter}, anchor=None
         )
 
-    async def new_management_role_assignment(self, app: str, role: str, scope: str) -> WriteResult:
+    async def get_management_scope(self, name: str) -> dict[str, Any] | None:
+        """The scope's row (Name, RecipientRestrictionFilter, ...), or None if there is none."""
+        try:
+            result = await self.invoke("Get-ManagementScope", {"Identity": name})
+        except NotFoundError:
+            return None
+        return result.rows[0] if result.rows else None
+
+    async def set_management_scope(self, name: str, recipient_filter: str) -> WriteResult:
         return await self._write(
-            "New-ManagementRoleAssignment", {"App": app, "Role": role, "CustomResourceScope": scope}, anchor=None
+            "Set-ManagementScope", {"Identity": name, "RecipientRestrictionFilter": recipient_filter}, anchor=None
         )
+
+    async def new_management_role_assignment(
+        self, app: str, role: str, scope: str, name: str | None = None
+    ) -> WriteResult:
+        """``name`` makes the assignment findable and unique per scope: Exchange's generated name is
+        per app and role, so a second, scoped assignment beside an organisation-wide one would clash."""
+        params: dict[str, Any] = {"App": app, "Role": role, "CustomResourceScope": scope}
+        if name:
+            params["Name"] = name
+        return await self._write("New-ManagementRoleAssignment", params, anchor=None)
 
     async def get_management_role_assignments(self, app: str) -> list[dict[str, Any]]:
         try:

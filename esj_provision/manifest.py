@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import ConfigError, ManifestError
-from .models import Inbound, Outbound, is_address
+from .models import Inbound, Outbound, is_address, is_guid
 
 REQUIRED = ("mailbox", "trustee", "inbound", "outbound")
 OPTIONAL = ("send_as", "auto_response", "esj_instance")
@@ -36,6 +36,12 @@ class ManifestRow:
     send_as: bool = True
     auto_response: bool = False
     esj_instance: str | None = None
+
+    @property
+    def trustee_is_app(self) -> bool:
+        """A client id in the trustee column: ESJ signs in as that app (its Exchange service principal
+        gets Full Access, no Send As), as ``onboard --trustee-app`` does."""
+        return is_guid(self.trustee)
 
 
 def _bool(value: str, column: str, default: bool, problems: list[tuple[int, str]], line: int) -> bool:
@@ -58,10 +64,12 @@ def _row(line: int, raw: dict[str, Any], problems: list[tuple[int, str]]) -> Man
         return "" if value is None else str(value).strip()
 
     mailbox, trustee = text("mailbox"), text("trustee")
+    if is_guid(trustee):
+        trustee = trustee.lower()  # an app's client id; one spelling, so a run caches it once
     for column, value in (("mailbox", mailbox), ("trustee", trustee)):
         if not value:
             problems.append((line, f"{column} is empty"))
-        elif not is_address(value):
+        elif not is_address(value) and not (column == "trustee" and is_guid(value)):
             problems.append((line, f"{column} {value!r} is not an e-mail address"))
     if mailbox and trustee and mailbox.lower() == trustee.lower():
         problems.append((line, "trustee is the mailbox itself; give the account ESJ signs in with"))

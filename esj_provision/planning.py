@@ -7,6 +7,9 @@
   never taken for ``absent``.
 * **Apply** only what is needed, journalling each write before it is sent. A write whose answer
   was lost (timeout, 5xx) is never repeated blindly: the state is read again first.
+* **App trustees** (``trustee_is_app``): ESJ signs in as its app, so Full Access goes to the app's
+  Exchange service principal, registered first when missing (with the enterprise application's
+  object id) and never "repaired" when registered with the wrong one. No Send As for an app.
 * **Verify** by reading back. Exchange can take an hour or two before ESJ can use a new grant;
   "granted, pending propagation" is success.
 """
@@ -31,8 +34,10 @@ from .journal import Entry, Journal
 from .models import DirectoryUser, Inbound, Outbound, Right, State
 
 if TYPE_CHECKING:
+    from .apps import AppIdentity
     from .graph import LookupResult
     from .session import Session
+    from .steps import Step
 
 Mode = Literal["onboard", "offboard", "audit"]
 PROPAGATION_NOTE = (
@@ -51,6 +56,8 @@ class OnboardRequest:
     outbound: Outbound = Outbound.SMTP
     send_as: bool = True
     auto_response: bool = False
+    # ``trustee`` is the ESJ app's client id: the delegation goes to its Exchange service principal.
+    trustee_is_app: bool = False
 
 
 @dataclass
@@ -95,6 +102,8 @@ class Plan:
     findings: list[Finding] = field(default_factory=list)
     delegations: list[Delegation] = field(default_factory=list)
     dry_run: bool = False
+    app: AppIdentity | None = None  # the trustee app (request.trustee_is_app)
+    sp_step: Step | None = None  # onboard: register the trustee app's Exchange service principal
 
     @property
     def refused(self) -> bool:
@@ -102,7 +111,8 @@ class Plan:
 
     @property
     def failed(self) -> bool:
-        return self.refused or any(d.outcome in {"failed", "unknown"} for d in self.delegations)
+        step_failed = self.sp_step is not None and self.sp_step.failed
+        return self.refused or step_failed or any(d.outcome in {"failed", "unknown"} for d in self.delegations)
 
     @property
     def mailbox_id(self) -> str:
@@ -111,9 +121,13 @@ class Plan:
 
     @property
     def trustee_id(self) -> str:
+        if self.request.trustee_is_app:
+            return self.app.exchange_identity if self.app is not None else self.request.trustee
         return self.trustee.user_principal_name if self.trustee else self.request.trustee
 
     def trustee_aliases(self) -> set[str]:
+        if self.app is not None:
+            return self.app.aliases()
         values = {self.request.trustee}
         if self.trustee:
             values |= {
@@ -137,6 +151,9 @@ class Plan:
             "dry_run": self.dry_run,
             "mailbox": self.mailbox_id,
             "trustee": self.trustee_id,
+            "trustee_kind": "app" if self.request.trustee_is_app else "user",
+            **({"trustee_app": self.request.trustee} if self.request.trustee_is_app else {}),
+            "service_principal": self.sp_step.to_dict() if self.sp_step is not None else None,
             "inbound": self.request.inbound.value,
             "outbound": self.request.outbound.value,
             "send_as": self.request.send_as,
@@ -259,13 +276,14 @@ def _check_trustee(plan: Plan, result: LookupResult | None) -> None:
 
 
 async def _check_smtp_auth(session: Session, plan: Plan) -> None:
-    """SMTP AUTH must be on for the account ESJ authenticates as (smtp-client/user = trustee)."""
+    """SMTP AUTH must be on for the account ESJ authenticates as: smtp-client/user = the trustee,
+    or, when ESJ signs in as its app, the shared mailbox itself (XOAUTH2 user= is the mailbox)."""
+    who = plan.mailbox_id if plan.request.trustee_is_app else plan.trustee_id
     try:
-        org, cas = await gather_all(session.transport_config(), session.exchange.get_cas_mailbox(plan.trustee_id))
+        org, cas = await gather_all(session.transport_config(), session.exchange.get_cas_mailbox(who))
     except EsjProvisionError as exc:
         plan.add("warning", "smtp-auth-unknown", f"cannot read the SMTP AUTH settings: {exc.message}", exc.hint)
         return
-    who = plan.trustee_id
     if cas.smtp_client_authentication_disabled is True:
         plan.add(
             "warning",
@@ -283,6 +301,52 @@ async def _check_smtp_auth(session: Session, plan: Plan) -> None:
         )
 
 
+async def _check_trustee_app(session: Session, plan: Plan) -> None:
+    """The app must have an enterprise application here; its Exchange registration, if any, must
+    carry that object id. A wrong registration is explained, never changed behind the admin's back."""
+    from .apps import AppLookupError, cached_app, registration_step
+
+    ref = plan.request.trustee
+    try:
+        ident = await cached_app(session, ref)
+    except AppLookupError as exc:
+        plan.add("error", "trustee-app-lookup-failed", f"ESJ app {ref}: {exc.message}", exc.hint)
+        return
+    except (AccessDeniedError, AuthError):
+        raise  # Exchange refuses the app itself: every read would fail, so stop and say so
+    except EsjProvisionError as exc:
+        plan.add("error", "trustee-app-lookup-failed", f"ESJ app {ref}: {exc.message}", exc.hint)
+        return
+    plan.app = ident
+    if ident.sp is None:
+        plan.add(
+            "error",
+            "trustee-app-not-found",
+            f"ESJ app {ref} has no enterprise application (service principal) in this tenant",
+            "grant admin consent for the ESJ app in this tenant (its API permissions page), or create its "
+            "enterprise application (Entra ID > Enterprise applications); check the client id",
+        )
+        return
+    registration = ident.registration
+    if registration in {"app-registration-id", "other-id"}:
+        what, fix = ident.mismatch()
+        # Offboarding still removes what Exchange holds for that registration; anything else stops.
+        level: Literal["error", "warning"] = "warning" if plan.mode == "offboard" else "error"
+        plan.add(level, "trustee-app-wrong-object-id", what, fix)
+        return
+    if registration == "absent":
+        if plan.mode == "onboard":
+            plan.sp_step = registration_step(ident)
+        elif plan.mode == "audit":
+            plan.add(
+                "warning",
+                "trustee-app-not-registered",
+                f"ESJ app {ident.name} ({ident.app_id}) is not registered in Exchange (no service principal): "
+                "it cannot hold Full Access",
+                f"run esj-provision onboard {plan.request.mailbox} --trustee-app {ident.app_id} ...",
+            )
+
+
 async def preflight(
     session: Session,
     request: OnboardRequest,
@@ -295,11 +359,25 @@ async def preflight(
     ``plan.findings``. The SMTP AUTH check and the delegation reads do not depend on each other,
     so they go out concurrently, after the (batched) Graph lookups."""
     plan = Plan(mode=mode, request=request)
-    if lookups is None:
-        lookups = await session.graph.lookup_many([request.mailbox, request.trustee], with_purpose=True)
-    _check_mailbox(plan, lookups.get(request.mailbox))
-    _check_trustee(plan, lookups.get(request.trustee))
-    if mode == "onboard" and not request.send_as:
+    if request.trustee_is_app:
+        # The app is not a directory user: only the mailbox goes to the batched user lookups.
+        if lookups is None or request.mailbox not in lookups:
+            lookups = await session.graph.lookup_many([request.mailbox], with_purpose=True)
+        _check_mailbox(plan, lookups.get(request.mailbox))
+        await _check_trustee_app(session, plan)
+    else:
+        if lookups is None:
+            lookups = await session.graph.lookup_many([request.mailbox, request.trustee], with_purpose=True)
+        _check_mailbox(plan, lookups.get(request.mailbox))
+        _check_trustee(plan, lookups.get(request.trustee))
+    if request.trustee_is_app and mode == "onboard":
+        plan.add(
+            "info",
+            "no-send-as-app",
+            "Send As is not granted to an app: when ESJ signs in as its app it sends with the app's own "
+            "permission (SMTP.SendAsApp for SMTP, Mail.Send for GRAPH), not a mailbox Send As grant",
+        )
+    elif mode == "onboard" and not request.send_as:
         plan.add(
             "info",
             "no-send-as",
@@ -308,13 +386,13 @@ async def preflight(
         )
     if desired is not None:
         rights = [Right.FULL_ACCESS]
-        if desired is State.ABSENT or request.send_as:
+        if not request.trustee_is_app and (desired is State.ABSENT or request.send_as):
             rights.append(Right.SEND_AS)
         plan.delegations = [Delegation(right=r, desired=desired) for r in rights]
     if plan.refused:
         return plan  # nothing more to learn that would change the answer
     checks: list[Awaitable[Any]] = []
-    if mode != "offboard" and request.outbound is Outbound.SMTP and plan.trustee is not None:
+    if mode != "offboard" and request.outbound is Outbound.SMTP and (plan.trustee is not None or plan.app is not None):
         checks.append(_check_smtp_auth(session, plan))
     reads = [read_state(session, plan, d.right) for d in plan.delegations]
     results = await gather_all(*reads, *checks)
@@ -328,8 +406,16 @@ async def preflight(
 
 async def read_state(session: Session, plan: Plan, right: Right) -> tuple[State, str | None]:
     """Whether the trustee holds ``right`` on the mailbox; UNKNOWN (with the error) if unreadable."""
+    if plan.request.trustee_is_app and (plan.app is None or plan.app.exo is None):
+        # Not registered in Exchange: nothing there can name it, so it holds nothing.
+        return State.ABSENT, None
     try:
-        if right is Right.FULL_ACCESS:
+        if plan.request.trustee_is_app:
+            # Every row, matched on every alias: how Exchange resolves a service principal given
+            # as -User is not confirmed, and a mailbox has at most 500 entries.
+            rows = await session.exchange.get_mailbox_permissions(plan.mailbox_id)
+            present = holds(rows, plan.trustee_aliases(), right.value)
+        elif right is Right.FULL_ACCESS:
             rows = await session.exchange.get_mailbox_permissions(plan.mailbox_id, user=plan.trustee_id)
             present = holds(rows, plan.trustee_aliases())
         else:
@@ -429,9 +515,31 @@ async def apply_delegation(session: Session, plan: Plan, d: Delegation, journal:
         return
 
 
+async def _register_trustee_app(session: Session, plan: Plan, journal: Journal) -> bool:
+    """Register the trustee app's Exchange service principal; False (grants marked) if that failed."""
+    from .apps import ensure_registered
+
+    step = plan.sp_step
+    assert step is not None and plan.app is not None
+    await ensure_registered(session, plan.app, step, journal)
+    if not step.failed:
+        return True
+    for d in plan.delegations:
+        if d.action == "grant":
+            d.outcome = "failed"
+            d.error = "not attempted: the app's service principal could not be registered in Exchange"
+    return False
+
+
 async def apply(session: Session, plan: Plan, journal: Journal | None) -> Plan:
     """Write only what the plan says is needed. The writes are independent (each is journalled
-    and reconciled on its own), so they go out together."""
+    and reconciled on its own), so they go out together, after the trustee app's registration."""
+    if plan.sp_step is not None and plan.sp_step.action == "create":
+        assert journal is not None, "a write needs a journal"
+        if not await _register_trustee_app(session, plan, journal):
+            return plan
+    elif plan.sp_step is not None and plan.sp_step.action == "none":
+        plan.sp_step.outcome = "already-present"
     writes = []
     for d in plan.delegations:
         if d.action in {"grant", "revoke"}:
@@ -477,7 +585,9 @@ async def run(
     plan.dry_run = dry_run
     if dry_run or plan.refused:
         return plan
-    writes = any(d.action in {"grant", "revoke"} for d in plan.delegations)
+    writes = any(d.action in {"grant", "revoke"} for d in plan.delegations) or (
+        plan.sp_step is not None and plan.sp_step.action == "create"
+    )
     if writes and journal is None:
         raise EsjProvisionError("internal: a write needs a journal")
     await apply(session, plan, journal)

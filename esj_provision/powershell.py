@@ -4,9 +4,13 @@ the REST endpoint is blocked (it is undocumented, and Microsoft may close it at 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from .models import Right, State
 from .planning import Plan
+
+if TYPE_CHECKING:
+    from .steps import Step
 
 # Every character PowerShell's tokenizer takes for a single quote: ' and the typographic ‘ ’ ‚ ‛.
 _SINGLE_QUOTES = re.compile("['\u2018\u2019\u201a\u201b]")
@@ -49,6 +53,9 @@ def to_powershell(plans: list[Plan]) -> str:
         if plan.refused:
             lines.append(comment(f"{plan.request.mailbox}: refused by preflight, nothing to run"))
             continue
+        if plan.sp_step is not None and plan.sp_step.action == "create":
+            # The Enterprise application's object id, not the App registration's (reference §6).
+            lines.append(plan.sp_step.command)
         for d in plan.delegations:
             if d.action == "none":
                 lines.append(
@@ -59,3 +66,14 @@ def to_powershell(plans: list[Plan]) -> str:
                 lines.append(comment(f"state unknown ({d.error or 'not read'}); this command is idempotent:"))
             lines.append(command_for(plan, d.right, d.desired))
     return "\n".join(lines) + "\n"
+
+
+def steps_to_powershell(steps: list[Step]) -> str:
+    """The organisation-level steps (registration, scope, role assignments) still to be made."""
+    lines = []
+    for step in steps:
+        if step.action == "none":
+            lines.append(comment(f"{step.target}: already in place"))
+        else:
+            lines.append(step.command)
+    return "\n".join(lines) + ("\n" if lines else "")

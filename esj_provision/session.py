@@ -47,6 +47,9 @@ class Session:
         self.exchange: ExchangeClient = ExchangeClient(self.http, settings.tenant_id)
         self._transport_config: asyncio.Future[TransportConfig] | None = None
         self.trustee_lookups: dict[str, Any] = {}  # bulk/audit: trustee -> LookupResult, once per run
+        # ESJ apps (trustee apps, scoped apps): resolved once per run, and their Exchange service
+        # principal registered at most once however many rows of a bulk run need it (apps.py).
+        self.app_cache: dict[str, Any] = {}
 
     async def transport_config(self) -> TransportConfig:
         """The tenant's SMTP AUTH switch, read once per session however many rows ask."""

@@ -36,6 +36,13 @@ def audit(
     fmt: str = typer.Option("table", "--format", "-f", metavar="table|json|csv|markdown", help="Report format."),
     out: Path | None = typer.Option(None, "--out", "-o", metavar="FILE", help="Write the report to FILE."),
     concurrency: int = typer.Option(8, "--concurrency", min=1, max=64, metavar="N", help="Rows read at once."),
+    esj_app: list[str] = typer.Option(
+        [],
+        "--esj-app",
+        metavar="CLIENT_ID",
+        help="Also check this ESJ app for access wider than its mailboxes (repeatable; apps named in the "
+        "trustee column are always checked).",
+    ),
     cloud: Cloud = None,
     tenant_id: TenantId = None,
     client_id: ClientId = None,
@@ -50,11 +57,15 @@ def audit(
 ) -> None:
     """Read-only: each delegation present/absent/unknown, plus drift that matters to ESJ.
 
-    Exit status 0 in sync, 3 drift found, 1 when any row could not be read (never reported as in sync).
+    A trustee given as a client id is the ESJ app's service principal. ESJ apps (those, and --esj-app)
+    whose access is wider than their mailboxes count as drift. Exit status 0 in sync, 3 drift found,
+    1 when any row could not be read (never reported as in sync).
     """
     from .. import manifest as manifest_mod
     from ..audit import render_csv, render_json, render_markdown
+    from ..models import parse_guid
 
+    apps = tuple(parse_guid(a, "--esj-app client id") for a in esj_app)
     fmt_key = fmt.strip().lower()
     if fmt_key not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}", hint="choose one of: " + ", ".join(FORMATS))
@@ -74,7 +85,7 @@ def audit(
         exchange_endpoint=exchange_endpoint,
         ca_bundle=ca_bundle,
     )
-    report = run_async(_audit(settings, info.path, concurrency))
+    report = run_async(_audit(settings, info.path, concurrency, apps))
     if fmt_key == "table":
         text = _table(report, to_file=out is not None)
     else:
@@ -87,16 +98,19 @@ def audit(
     else:
         sys.stdout.write(text)
     s = report.summary()
-    sys.stderr.write(f"audit: {s['rows']} rows, {s['in_sync']} in sync, {s['drift']} drift, {s['unknown']} unknown\n")
+    apps_text = f", {s['apps_wider']} of {s['apps']} ESJ app(s) with access wider than their mailboxes" if report.apps else ""
+    sys.stderr.write(
+        f"audit: {s['rows']} rows, {s['in_sync']} in sync, {s['drift']} drift, {s['unknown']} unknown{apps_text}\n"
+    )
     raise typer.Exit(int(report.exit_status))
 
 
-async def _audit(settings: Any, path: Path, concurrency: int) -> Any:
+async def _audit(settings: Any, path: Path, concurrency: int, apps: tuple[str, ...] = ()) -> Any:
     from ..audit import run_audit
     from ..session import Session
 
     async with Session(settings, max_connections=max(20, concurrency * 2)) as session:
-        return await run_audit(session, path, concurrency=concurrency)
+        return await run_audit(session, path, concurrency=concurrency, esj_apps=apps)
 
 
 def _table(report: Any, *, to_file: bool) -> str:
@@ -117,4 +131,13 @@ def _table(report: Any, *, to_file: bool) -> str:
             str(r.line), r.mailbox, r.trustee, r.full_access, r.send_as, f"[{style[r.status]}]{r.status}[/]", detail
         )
     con.print(table)
+    if report.apps:
+        apps = Table(title="ESJ apps", title_justify="left")
+        for column in ("app", "status", "wider than its mailboxes / errors"):
+            apps.add_column(column, overflow="fold")
+        app_style = {"ok": "green", "wider": "yellow", "unknown": "red"}
+        for a in report.apps:
+            name = f"{a.display_name} ({a.app_id})" if a.display_name else a.app_id
+            apps.add_row(name, f"[{app_style[a.status]}]{a.status}[/]", "; ".join(a.wider + a.errors))
+        con.print(apps)
     return buf.getvalue()

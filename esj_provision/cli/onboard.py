@@ -41,19 +41,38 @@ def _connection(**kw: Any) -> Any:
     return settings_from(**kw)
 
 
-async def _run(settings: Any, request: Any, *, mode: str, dry_run: bool, journal_path: Path | None) -> Any:
+async def _run(
+    settings: Any,
+    request: Any,
+    *,
+    mode: str,
+    dry_run: bool,
+    journal_path: Path | None,
+    scope_app: str | None = None,
+) -> tuple[Any, Any]:
+    """The plan, and with ``scope_app`` the scoping of that ESJ app (after a successful onboarding)."""
     from ..journal import Journal, default_journal_path
     from ..planning import run
+    from ..scoping import roles_for, run_scope
     from ..session import Session
 
     async with Session(settings) as session:
+        roles = roles_for(request.inbound, request.outbound)
         if dry_run:
-            return await run(session, request, mode=mode, dry_run=True, journal=None)  # type: ignore[arg-type]
+            plan = await run(session, request, mode=mode, dry_run=True, journal=None)  # type: ignore[arg-type]
+            scope = None
+            if scope_app and not plan.refused:
+                scope = await run_scope(session, scope_app, plan.mailbox_id, roles, dry_run=True, journal=None)
+            return plan, scope
         with Journal(journal_path or default_journal_path(), secrets=settings.secrets) as journal:
             journal.write("run-start", command=mode, mailbox=request.mailbox, trustee=request.trustee)
             plan = await run(session, request, mode=mode, dry_run=False, journal=journal)  # type: ignore[arg-type]
-            journal.write("run-end", command=mode, mailbox=plan.mailbox_id, failed=plan.failed, refused=plan.refused)
-            return plan
+            scope = None
+            if scope_app and not plan.failed:
+                scope = await run_scope(session, scope_app, plan.mailbox_id, roles, dry_run=False, journal=journal)
+            failed = plan.failed or bool(scope and scope.failed)
+            journal.write("run-end", command=mode, mailbox=plan.mailbox_id, failed=failed, refused=plan.refused)
+            return plan, scope
 
 
 def _options(plan: Any, settings: Any, profile: Path | None, esj_client_id: str | None) -> Any:
@@ -62,7 +81,9 @@ def _options(plan: Any, settings: Any, profile: Path | None, esj_client_id: str 
     prof = load_profile(profile) if profile is not None else Profile()
     r = plan.request
     mailbox = plan.mailbox.address if plan.mailbox else r.mailbox
-    trustee = plan.trustee.address if plan.trustee else r.trustee
+    # An app trustee has no address: the options the guide fixes to the delegate's address get
+    # placeholders (EsjRequest.trustee None), and the app's client id goes into client-id.
+    trustee = None if r.trustee_is_app else plan.trustee.address if plan.trustee else r.trustee
     return build_options(
         EsjRequest(
             mailbox=mailbox,
@@ -78,19 +99,53 @@ def _options(plan: Any, settings: Any, profile: Path | None, esj_client_id: str 
     )
 
 
-def _finish(plan: Any) -> None:
+def _finish(plan: Any, scope: Any = None) -> None:
     if plan.refused:
         problems = [f.message for f in plan.findings if f.level == "error"]
         raise PreflightError(f"{plan.mode} refused: nothing was changed ({len(problems)} problem(s))", problems)
-    if plan.failed:
+    if scope is not None and scope.refused:
+        problems = [f.message for f in scope.findings if f.level == "error"]
+        raise PreflightError(f"scoping the ESJ app refused ({len(problems)} problem(s))", problems)
+    if plan.failed or (scope is not None and scope.failed):
         raise typer.Exit(1)
+
+
+def _trustee(trustee: str | None, trustee_app: str | None, what: str) -> tuple[str, bool]:
+    """The trustee and whether it is an app: exactly one of --trustee and --trustee-app."""
+    from ..models import parse_address, parse_guid
+
+    if trustee and trustee_app:
+        raise UsageError(
+            "--trustee and --trustee-app exclude each other",
+            hint="--trustee ACCOUNT when ESJ signs in with a service account; --trustee-app CLIENT_ID when it "
+            "signs in as its app (client credentials)",
+        )
+    if trustee_app:
+        return parse_guid(trustee_app, "--trustee-app client id"), True
+    if trustee:
+        return parse_address(trustee, "trustee"), False
+    raise UsageError(f"give --trustee ACCOUNT or --trustee-app CLIENT_ID ({what})")
 
 
 @app.command()
 def onboard(
     mailbox: str = typer.Argument(..., metavar="MAILBOX", help="The shared mailbox address."),
-    trustee: str = typer.Option(
-        ..., "--trustee", metavar="ACCOUNT", help="The account ESJ signs in with; gets Full Access."
+    trustee: str | None = typer.Option(
+        None, "--trustee", metavar="ACCOUNT", help="The account ESJ signs in with; gets Full Access."
+    ),
+    trustee_app: str | None = typer.Option(
+        None,
+        "--trustee-app",
+        metavar="CLIENT_ID",
+        help="ESJ signs in as this app (client credentials): register its Exchange service principal if "
+        "missing and give it Full Access (instead of --trustee; no Send As).",
+    ),
+    scope_esj_app: str | None = typer.Option(
+        None,
+        "--scope-esj-app",
+        metavar="CLIENT_ID",
+        help="GRAPH: confine this ESJ app's Graph mail access to the onboarded mailboxes (RBAC for "
+        "Applications: a management scope and Application Mail.ReadWrite/Mail.Send on it).",
     ),
     inbound: str = typer.Option(..., "--inbound", metavar="imap|ews|graph", help="Inbound protocol."),
     outbound: str = typer.Option(..., "--outbound", metavar="smtp|ews|graph", help="Outbound protocol."),
@@ -141,9 +196,12 @@ def onboard(
 ) -> None:
     """Connect a shared mailbox to ESJ: check, grant Full Access (and Send As), verify, emit options.
 
-    A second run changes nothing. Every write is recorded in the change journal.
+    --trustee: ESJ signs in with a service account. --trustee-app: ESJ signs in as its app; its
+    Exchange service principal is registered if missing and gets Full Access. --scope-esj-app (GRAPH)
+    confines the ESJ app's Graph mail access to the onboarded mailboxes. A second run changes
+    nothing. Every write is recorded in the change journal.
     """
-    from ..models import parse_address, parse_inbound, parse_outbound
+    from ..models import Inbound, Outbound, parse_address, parse_guid, parse_inbound, parse_outbound
     from ..planning import OnboardRequest
 
     fmt_key = fmt.strip().lower()
@@ -151,16 +209,35 @@ def onboard(
         raise UsageError(f"unknown format {fmt!r}", hint="choose one of: " + ", ".join(FORMATS))
     if as_powershell and not dry_run:
         raise UsageError("--as-powershell prints a script for review: use it with --dry-run")
+    mailbox_p = parse_address(mailbox, "mailbox")
+    who, is_app = _trustee(trustee, trustee_app, "who gets Full Access")
     request = OnboardRequest(
-        mailbox=parse_address(mailbox, "mailbox"),
-        trustee=parse_address(trustee, "trustee"),
+        mailbox=mailbox_p,
+        trustee=who,
         inbound=parse_inbound(inbound),
         outbound=parse_outbound(outbound),
-        send_as=send_as,
+        send_as=send_as and not is_app,
         auto_response=auto_response,
+        trustee_is_app=is_app,
     )
     if request.mailbox.lower() == request.trustee.lower():
         raise UsageError("the trustee is the shared mailbox itself", hint="give the account ESJ signs in with")
+    scope_app = parse_guid(scope_esj_app, "--scope-esj-app client id") if scope_esj_app else None
+    if scope_app and request.inbound is not Inbound.GRAPH and request.outbound is not Outbound.GRAPH:
+        raise UsageError(
+            "--scope-esj-app confines the ESJ app's Graph mail access: it needs --inbound graph and/or --outbound graph",
+            hint="for IMAP/SMTP/EWS as the app, --trustee-app grants Full Access to the onboarded mailbox only",
+        )
+    app_ids = {a for a in (who if is_app else None, scope_app) if a}
+    given = parse_guid(esj_client_id, "--esj-client-id") if esj_client_id else None
+    if given and app_ids and given not in app_ids:
+        raise UsageError(
+            f"--esj-client-id {given} is not the ESJ app given to --trustee-app/--scope-esj-app",
+            hint="they name the same app: the one ESJ signs in as",
+        )
+    if len(app_ids) > 1:
+        raise UsageError("--trustee-app and --scope-esj-app name different apps", hint="ESJ signs in as one app")
+    esj_client_id = given or next(iter(app_ids), None)
     if out is not None and not out.parent.is_dir():
         raise UsageError(f"cannot write {out}: directory {out.parent} does not exist")
     setup_logging(verbose)
@@ -176,21 +253,29 @@ def onboard(
         exchange_endpoint=exchange_endpoint,
         ca_bundle=ca_bundle,
     )
-    plan = run_async(_run(settings, request, mode="onboard", dry_run=dry_run, journal_path=journal))
+    plan, scope = run_async(
+        _run(settings, request, mode="onboard", dry_run=dry_run, journal_path=journal, scope_app=scope_app)
+    )
     options = None if plan.refused else _options(plan, settings, profile, esj_client_id)
-    _render(plan, options, fmt_key, out, as_powershell)
-    _finish(plan)
+    _render(plan, options, fmt_key, out, as_powershell, scope)
+    _finish(plan, scope)
 
 
-def _render(plan: Any, options: Any, fmt_key: str, out: Path | None, as_powershell: bool) -> None:
+def _render(
+    plan: Any, options: Any, fmt_key: str, out: Path | None, as_powershell: bool, scope: Any = None
+) -> None:
     from ..output import option_set_to_dict, print_table, render_cfg, write_output
-    from ..report import next_steps, print_plan
+    from ..report import next_steps, print_plan, print_scope
 
     if as_powershell:
-        from ..powershell import to_powershell
+        from ..powershell import steps_to_powershell, to_powershell
 
         print_plan(plan, file=sys.stderr)
-        sys.stdout.write(to_powershell([plan]))
+        script = to_powershell([plan])
+        if scope is not None:
+            print_scope(scope, file=sys.stderr)
+            script += steps_to_powershell(scope.steps)
+        sys.stdout.write(script)
         return
     if out is not None and options is not None:
         write_output(out, render_cfg([options]), contains_secret=options.contains_secret)
@@ -198,13 +283,19 @@ def _render(plan: Any, options: Any, fmt_key: str, out: Path | None, as_powershe
         data = plan.to_dict()
         data["next_steps"] = next_steps(plan)
         data["esj_options"] = option_set_to_dict(options) if options is not None else None
+        if scope is not None:
+            data["scope"] = scope.to_dict()
         sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     elif fmt_key == "cfg":
         print_plan(plan, file=sys.stderr)
+        if scope is not None:
+            print_scope(scope, file=sys.stderr)
         if options is not None and out is None:
             sys.stdout.write(render_cfg([options]))
     else:
         print_plan(plan)
+        if scope is not None:
+            print_scope(scope)
         if options is not None:
             print_table([options])
     if out is not None and options is not None:
@@ -214,7 +305,15 @@ def _render(plan: Any, options: Any, fmt_key: str, out: Path | None, as_powershe
 @app.command()
 def offboard(
     mailbox: str = typer.Argument(..., metavar="MAILBOX", help="The shared mailbox address."),
-    trustee: str = typer.Option(..., "--trustee", metavar="ACCOUNT", help="The account whose delegations are removed."),
+    trustee: str | None = typer.Option(
+        None, "--trustee", metavar="ACCOUNT", help="The account whose delegations are removed."
+    ),
+    trustee_app: str | None = typer.Option(
+        None,
+        "--trustee-app",
+        metavar="CLIENT_ID",
+        help="Remove the Full Access of this app's Exchange service principal (it stays registered).",
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="Preflight and plan only: no write call at all."),
     as_powershell: bool = typer.Option(
         False, "--as-powershell", help="With --dry-run: print the equivalent Exchange PowerShell."
@@ -237,7 +336,8 @@ def offboard(
 ) -> None:
     """Remove the delegations onboarding created (Full Access, Send As) for that trustee.
 
-    Removing what is already absent is a no-op, not an error.
+    Removing what is already absent is a no-op, not an error. For --trustee-app, the app's Exchange
+    service principal stays registered (other mailboxes may use it).
     """
     from ..models import parse_address
     from ..planning import OnboardRequest
@@ -247,7 +347,8 @@ def offboard(
         raise UsageError(f"unknown format {fmt!r}", hint="choose one of: table, json")
     if as_powershell and not dry_run:
         raise UsageError("--as-powershell prints a script for review: use it with --dry-run")
-    request = OnboardRequest(mailbox=parse_address(mailbox, "mailbox"), trustee=parse_address(trustee, "trustee"))
+    who, is_app = _trustee(trustee, trustee_app, "whose delegations are removed")
+    request = OnboardRequest(mailbox=parse_address(mailbox, "mailbox"), trustee=who, trustee_is_app=is_app)
     setup_logging(verbose)
     settings = _connection(
         cloud=cloud,
@@ -261,6 +362,6 @@ def offboard(
         exchange_endpoint=exchange_endpoint,
         ca_bundle=ca_bundle,
     )
-    plan = run_async(_run(settings, request, mode="offboard", dry_run=dry_run, journal_path=journal))
+    plan, _ = run_async(_run(settings, request, mode="offboard", dry_run=dry_run, journal_path=journal))
     _render(plan, None, fmt_key, None, as_powershell)
     _finish(plan)

@@ -809,6 +809,22 @@ def _new_management_scope(t: Tenant, p: Params) -> Result:
     return Result([_scope_row(scope)], applied=True)
 
 
+def _set_management_scope(t: Tenant, p: Params) -> Result:
+    name = p.text("Identity") or ""
+    scope = next((s for s in t.scopes if s.name.lower() == name.lower()), None)
+    if scope is None:
+        raise not_found(name)
+    text = p.text("RecipientRestrictionFilter")
+    if text is not None:
+        parse_filter(text)
+    if p.flag("WhatIf", False):
+        return Result([])
+    if text is not None:
+        scope.filter = text
+    # Set-* cmdlets return nothing on success, like the real one.
+    return Result([], applied=True)
+
+
 def _get_management_scope(t: Tenant, p: Params) -> Result:
     identity = p.text("Identity")
     scopes = t.scopes
@@ -918,6 +934,9 @@ CMDLETS: dict[str, Spec] = {
     "New-ManagementScope": Spec(
         _new_management_scope, ("Name", "RecipientRestrictionFilter"), ("Name", "RecipientRestrictionFilter"),
         write=True, level="org",
+    ),
+    "Set-ManagementScope": Spec(
+        _set_management_scope, ("Identity", "RecipientRestrictionFilter"), ("Identity",), write=True, level="org",
     ),
     "Get-ManagementScope": Spec(_get_management_scope, ("Identity",)),
     "New-ManagementRoleAssignment": Spec(

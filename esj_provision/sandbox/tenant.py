@@ -42,10 +42,15 @@ GRAPH_ROLES: dict[str, str] = {
     "Mail.ReadWrite": "e2a3a72e-5f79-4c64-b1b1-878b674786c9",
     "Mail.Send": "b633e1c5-b582-4048-a93e-9f11b44c7e96",
 }
-# Only the two Exchange roles whose ids the reference documents; others would be invented.
+# Exchange.ManageAsApp and full_access_as_app: ids from the reference. The protocol roles an ESJ
+# app signs in with (IMAP/POP/SMTP as itself) carry the ids published app manifests and
+# permission tables use; a client maps ids to names through the resource's appRoles anyway.
 EXCHANGE_ROLES: dict[str, str] = {
     "Exchange.ManageAsApp": "dc50a0fb-09a3-484d-be87-e023b12c6440",
     "full_access_as_app": "dc890d15-9560-4a4c-9b7f-a736ec74ec40",
+    "IMAP.AccessAsApp": "5e5addcd-3e8d-4e90-baf5-964efab2b20a",
+    "POP.AccessAsApp": "cb842b43-da6e-4506-86fe-bb12199c656d",
+    "SMTP.SendAsApp": "7146a1f0-8703-45b3-9eae-527a64c00995",
 }
 DIRECTORY_ROLES: dict[str, str] = {
     "Exchange Administrator": "29232cdf-9323-42fd-ade2-1d097af3e4de",

@@ -1,0 +1,128 @@
+"""``esj-provision doctor``: read-only checks of everything onboarding depends on."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import typer
+
+from ..errors import UsageError
+from . import app
+from ._common import (
+    Auth,
+    AuthorityHost,
+    CaBundle,
+    Certificate,
+    ClientId,
+    Cloud,
+    ExchangeEndpoint,
+    GraphEndpoint,
+    SecretFile,
+    TenantId,
+    Verbose,
+    run_async,
+    settings_from,
+    setup_logging,
+)
+
+FORMATS = ("table", "json")
+STYLE = {"ok": "green", "missing": "red", "warning": "yellow", "error": "red"}
+
+
+@app.command()
+def doctor(
+    inbound: str | None = typer.Option(
+        None, "--inbound", metavar="imap|ews|graph", help="Inbound protocol ESJ uses (checks the ESJ app for it)."
+    ),
+    outbound: str | None = typer.Option(
+        None, "--outbound", metavar="smtp|ews|graph", help="Outbound protocol ESJ uses (checks the ESJ app for it)."
+    ),
+    esj_app: str | None = typer.Option(
+        None,
+        "--esj-app",
+        metavar="CLIENT_ID",
+        help="The app ESJ signs in as (client credentials): check what it needs for --inbound/--outbound.",
+    ),
+    fmt: str = typer.Option("table", "--format", "-f", metavar="table|json", help="table for people, json for scripts."),
+    cloud: Cloud = None,
+    tenant_id: TenantId = None,
+    client_id: ClientId = None,
+    auth: Auth = None,
+    client_secret_file: SecretFile = None,
+    certificate: Certificate = None,
+    authority_host: AuthorityHost = None,
+    graph_endpoint: GraphEndpoint = None,
+    exchange_endpoint: ExchangeEndpoint = None,
+    ca_bundle: CaBundle = None,
+    verbose: Verbose = False,
+) -> None:
+    """Check, before anything changes, everything that would make onboarding fail, and how to fix it.
+
+    The provisioning app's roles (read from its tokens) and whether Exchange accepts it; endpoints,
+    TLS trust and clock; with --esj-app, what the ESJ app needs for its protocols and what of it is in
+    place. Read-only. Exit status 0 when everything needed is in place, 1 otherwise.
+    """
+    from ..models import parse_guid, parse_inbound, parse_outbound
+
+    fmt_key = fmt.strip().lower()
+    if fmt_key not in FORMATS:
+        raise UsageError(f"unknown format {fmt!r}", hint="choose one of: " + ", ".join(FORMATS))
+    inbound_p = parse_inbound(inbound) if inbound else None
+    outbound_p = parse_outbound(outbound) if outbound else None
+    app_id = parse_guid(esj_app, "ESJ app client id") if esj_app else None
+    if app_id and not (inbound_p or outbound_p):
+        raise UsageError(
+            "--esj-app needs the protocols ESJ uses",
+            hint="add --inbound imap|ews|graph and/or --outbound smtp|ews|graph",
+        )
+    setup_logging(verbose)
+    settings = settings_from(
+        cloud=cloud,
+        tenant_id=tenant_id,
+        client_id=client_id,
+        auth=auth,
+        client_secret_file=client_secret_file,
+        certificate_path=certificate,
+        authority_host=authority_host,
+        graph_endpoint=graph_endpoint,
+        exchange_endpoint=exchange_endpoint,
+        ca_bundle=ca_bundle,
+    )
+    report = run_async(_doctor(settings, inbound_p, outbound_p, app_id))
+    if fmt_key == "json":
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+    else:
+        _table(report)
+    summary = report.to_dict()["summary"]
+    sys.stderr.write(
+        f"doctor: {summary['ok']} ok, {summary['missing']} missing, {summary['warning']} warning(s), "
+        f"{summary['error']} error(s)\n"
+    )
+    raise typer.Exit(int(report.exit_status))
+
+
+async def _doctor(settings: Any, inbound: Any, outbound: Any, esj_app: str | None) -> Any:
+    from ..doctor import run_doctor
+    from ..session import Session
+
+    async with Session(settings) as session:
+        return await run_doctor(session, inbound=inbound, outbound=outbound, esj_app=esj_app)
+
+
+def _table(report: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 200)
+    table = Table(title="esj-provision doctor", title_justify="left", show_lines=False)
+    for column in ("status", "check", "what", "fix"):
+        table.add_column(column, overflow="fold")
+    group = None
+    for c in report.checks:
+        if c.group != group:
+            group = c.group
+            table.add_row("", f"[bold]{group}[/bold]", "", "")
+        table.add_row(f"[{STYLE[c.status]}]{c.status}[/]", c.id, c.what, c.fix or "")
+    con.print(table)
