@@ -64,6 +64,10 @@ def _explain(exc: Exception) -> AuthError:
     # Keep Microsoft's first line (it names the AADSTS code); drop trace and correlation noise.
     first = next((line.strip() for line in text.splitlines() if "AADSTS" in line), text.splitlines()[0] if text else "")
     hint = next((_AADSTS_HINTS[c] for c in codes if c in _AADSTS_HINTS), None)
+    if not hint and "Unable to get authority configuration" in text:
+        # msal reads the tenant's OpenID metadata first; an unknown tenant fails there.
+        first = "the tenant's OpenID configuration could not be read (unknown tenant, or wrong authority)"
+        hint = "check AZURE_TENANT_ID, --cloud and AZURE_AUTHORITY_HOST"
     if not hint and ("SSL" in text or "CERTIFICATE_VERIFY_FAILED" in text):
         hint = "TLS verification failed: set ESJ_PROVISION_CA_BUNDLE to your CA bundle"
     return AuthError(f"Entra ID refused the sign-in: {first[:400]}", hint=hint or "check the app registration")
@@ -121,9 +125,9 @@ class TokenProvider:
     def _acquire(self, scope: str) -> Token:
         from azure.core.exceptions import ClientAuthenticationError
 
-        if self._credential is None:
-            self._credential = self._build()
         try:
+            if self._credential is None:
+                self._credential = self._build()  # a PFX is opened here: a wrong password fails here
             self.requests += 1
             tok = self._credential.get_token(scope)
         except ClientAuthenticationError as exc:
