@@ -13,7 +13,7 @@ import base64
 import json
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .config import Settings
@@ -37,7 +37,7 @@ _AADSTS_HINTS = {
 
 @dataclass(frozen=True)
 class Token:
-    value: str
+    value: str = field(repr=False)  # the bearer token: never in a repr, so never in a traceback's locals
     expires_on: float
     refresh_at: float = 0.0  # when to ask for a new one: shortly before expiry
 
@@ -100,14 +100,19 @@ class TokenProvider:
                 tenant, client, str(s.client_secret), disable_instance_discovery=True, **common
             )
         if kind == "certificate":
-            return ai.CertificateCredential(
-                tenant,
-                client,
-                certificate_path=s.certificate_path,
-                password=s.certificate_password,
-                disable_instance_discovery=True,
-                **common,
-            )
+            try:
+                return ai.CertificateCredential(
+                    tenant,
+                    client,
+                    certificate_path=s.certificate_path,
+                    password=s.certificate_password,
+                    disable_instance_discovery=True,
+                    **common,
+                )
+            except TypeError as exc:
+                # cryptography: "Password was given but private key is not encrypted" (a PEM key with
+                # AZURE_CLIENT_CERTIFICATE_PASSWORD set), or the reverse: a ConfigError, not a traceback.
+                raise ValueError(str(exc)) from None
         if kind == "workload-identity":
             return ai.WorkloadIdentityCredential(
                 tenant_id=tenant,

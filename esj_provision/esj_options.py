@@ -104,6 +104,14 @@ class EsjOption:
     def key(self) -> str:
         return f"{self.section}/{self.name}"
 
+    def __repr__(self) -> str:
+        # Hand-written so the ESJ app secret never lands in a repr, a traceback's locals or a log line.
+        value = "'***'" if self.secret else repr(self.value)
+        return (
+            f"EsjOption(section={self.section!r}, name={self.name!r}, value={value}, confirmed={self.confirmed!r}, "
+            f"source={self.source!r}, secret={self.secret!r}, placeholder={self.placeholder!r}, note={self.note!r})"
+        )
+
 
 @dataclass(frozen=True)
 class EsjOptionSet:
