@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -50,7 +51,7 @@ def print_error(exc: EsjProvisionError) -> None:
 
 # -- options shared by every command that reaches a tenant ------------------------------------
 # Typer has no option groups, so each such command lists these aliases; the values then go to
-# settings_from(). Defaults are None: config.load_settings applies flag > environment > .env.
+# connection_settings(locals()). Defaults are None: config.load_settings applies flag > environment > .env.
 
 
 Cloud = Annotated[
@@ -149,10 +150,27 @@ Verbose = Annotated[
 ]
 
 
-def settings_from(**kw: Any) -> Any:
-    """Settings from the shared connection flags (see config.load_settings for precedence)."""
+CONNECTION_ARGS = (
+    "cloud",
+    "tenant_id",
+    "client_id",
+    "auth",
+    "client_secret_file",
+    "certificate",
+    "authority_host",
+    "graph_endpoint",
+    "exchange_endpoint",
+    "ca_bundle",
+)
+
+
+def connection_settings(args: Mapping[str, Any]) -> Any:
+    """Settings from a command's connection options (pass ``locals()``); see
+    config.load_settings for the precedence of flags, environment and .env."""
     from ..config import load_settings
 
+    kw = {name: args.get(name) for name in CONNECTION_ARGS}
+    kw["certificate_path"] = kw.pop("certificate")
     return load_settings(**kw)
 
 

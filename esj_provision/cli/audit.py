@@ -22,8 +22,8 @@ from ._common import (
     SecretFile,
     TenantId,
     Verbose,
+    connection_settings,
     run_async,
-    settings_from,
     setup_logging,
 )
 
@@ -73,18 +73,7 @@ def audit(
         raise UsageError(f"cannot write {out}: directory {out.parent} does not exist")
     info = manifest_mod.validate(manifest)
     setup_logging(verbose)
-    settings = settings_from(
-        cloud=cloud,
-        tenant_id=tenant_id,
-        client_id=client_id,
-        auth=auth,
-        client_secret_file=client_secret_file,
-        certificate_path=certificate,
-        authority_host=authority_host,
-        graph_endpoint=graph_endpoint,
-        exchange_endpoint=exchange_endpoint,
-        ca_bundle=ca_bundle,
-    )
+    settings = connection_settings(locals())
     report = run_async(_audit(settings, info.path, concurrency, apps))
     if fmt_key == "table":
         text = _table(report, to_file=out is not None)

@@ -23,8 +23,8 @@ from ._common import (
     SecretFile,
     TenantId,
     Verbose,
+    connection_settings,
     run_async,
-    settings_from,
     setup_logging,
 )
 
@@ -104,18 +104,7 @@ def bulk(
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out-dir {out_dir} is not a directory")
     setup_logging(verbose)
-    settings = settings_from(
-        cloud=cloud,
-        tenant_id=tenant_id,
-        client_id=client_id,
-        auth=auth,
-        client_secret_file=client_secret_file,
-        certificate_path=certificate,
-        authority_host=authority_host,
-        graph_endpoint=graph_endpoint,
-        exchange_endpoint=exchange_endpoint,
-        ca_bundle=ca_bundle,
-    )
+    settings = connection_settings(locals())
     summary = run_async(
         _bulk(settings, info, dry_run, journal, out_dir, concurrency, profile_obj, esj_client_id, fmt_key)
     )

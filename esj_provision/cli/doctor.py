@@ -22,8 +22,8 @@ from ._common import (
     SecretFile,
     TenantId,
     Verbose,
+    connection_settings,
     run_async,
-    settings_from,
     setup_logging,
 )
 
@@ -78,18 +78,7 @@ def doctor(
             hint="add --inbound imap|ews|graph and/or --outbound smtp|ews|graph",
         )
     setup_logging(verbose)
-    settings = settings_from(
-        cloud=cloud,
-        tenant_id=tenant_id,
-        client_id=client_id,
-        auth=auth,
-        client_secret_file=client_secret_file,
-        certificate_path=certificate,
-        authority_host=authority_host,
-        graph_endpoint=graph_endpoint,
-        exchange_endpoint=exchange_endpoint,
-        ca_bundle=ca_bundle,
-    )
+    settings = connection_settings(locals())
     report = run_async(_doctor(settings, inbound_p, outbound_p, app_id))
     if fmt_key == "json":
         sys.stdout.write(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")

@@ -23,8 +23,8 @@ from ._common import (
     SecretFile,
     TenantId,
     Verbose,
+    connection_settings,
     run_async,
-    settings_from,
     setup_logging,
 )
 
@@ -35,10 +35,6 @@ JournalOpt = typer.Option(
     metavar="PATH",
     help="Change journal (JSON lines) (env ESJ_PROVISION_JOURNAL; default ~/.local/state/esj-provision/journal.jsonl).",
 )
-
-
-def _connection(**kw: Any) -> Any:
-    return settings_from(**kw)
 
 
 async def _run(
@@ -241,18 +237,7 @@ def onboard(
     if out is not None and not out.parent.is_dir():
         raise UsageError(f"cannot write {out}: directory {out.parent} does not exist")
     setup_logging(verbose)
-    settings = _connection(
-        cloud=cloud,
-        tenant_id=tenant_id,
-        client_id=client_id,
-        auth=auth,
-        client_secret_file=client_secret_file,
-        certificate_path=certificate,
-        authority_host=authority_host,
-        graph_endpoint=graph_endpoint,
-        exchange_endpoint=exchange_endpoint,
-        ca_bundle=ca_bundle,
-    )
+    settings = connection_settings(locals())
     plan, scope = run_async(
         _run(settings, request, mode="onboard", dry_run=dry_run, journal_path=journal, scope_app=scope_app)
     )
@@ -350,18 +335,7 @@ def offboard(
     who, is_app = _trustee(trustee, trustee_app, "whose delegations are removed")
     request = OnboardRequest(mailbox=parse_address(mailbox, "mailbox"), trustee=who, trustee_is_app=is_app)
     setup_logging(verbose)
-    settings = _connection(
-        cloud=cloud,
-        tenant_id=tenant_id,
-        client_id=client_id,
-        auth=auth,
-        client_secret_file=client_secret_file,
-        certificate_path=certificate,
-        authority_host=authority_host,
-        graph_endpoint=graph_endpoint,
-        exchange_endpoint=exchange_endpoint,
-        ca_bundle=ca_bundle,
-    )
+    settings = connection_settings(locals())
     plan, _ = run_async(_run(settings, request, mode="offboard", dry_run=dry_run, journal_path=journal))
     _render(plan, None, fmt_key, None, as_powershell)
     _finish(plan)
