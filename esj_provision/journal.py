@@ -133,19 +133,15 @@ class Journal:
             ) from None
         return record
 
+    def event(self, event: str, entry: Entry, **fields: Any) -> None:
+        """A record about one change (intent, result, ambiguous, reconciled), keyed by the change."""
+        self.write(event, op=entry.op, mailbox=entry.mailbox, trustee=entry.trustee, key=entry.key, **fields)
+
     def intent(self, entry: Entry, **fields: Any) -> None:
-        self.write("intent", op=entry.op, mailbox=entry.mailbox, trustee=entry.trustee, key=entry.key, **fields)
+        self.event("intent", entry, **fields)
 
     def result(self, entry: Entry, outcome: str, **fields: Any) -> None:
-        self.write(
-            "result",
-            op=entry.op,
-            mailbox=entry.mailbox,
-            trustee=entry.trustee,
-            key=entry.key,
-            outcome=outcome,
-            **fields,
-        )
+        self.event("result", entry, outcome=outcome, **fields)
 
 
 def read_journal(path: Path) -> Iterator[dict[str, Any]]:

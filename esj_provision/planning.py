@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -45,7 +46,10 @@ PROPAGATION_NOTE = (
     "'granted, pending propagation' is not a failure. Re-run this command or `esj-provision audit` "
     "later to check; a re-run changes nothing."
 )
-AMBIGUOUS_WRITE_TRIES = 2
+# Sends of one write whose answer was lost. Each resend follows a read-back showing it was not
+# applied, and a backoff pause, so a moment of 503s or resets does not fail the row.
+AMBIGUOUS_WRITE_TRIES = 4
+_resend_rng = random.Random()
 
 
 @dataclass
@@ -457,24 +461,18 @@ async def apply_delegation(session: Session, plan: Plan, d: Delegation, journal:
         try:
             result = await _write(session, plan, d)
         except AmbiguousWriteError as exc:
-            journal.write(
+            journal.event(
                 "ambiguous",
-                key=entry.key,
-                op=entry.op,
-                mailbox=entry.mailbox,
-                trustee=entry.trustee,
+                entry,
                 error=exc.message,
                 request_id=exc.request_id,
             )
             state, error = await read_state(session, plan, d.right)
             if state is d.desired:
                 d.outcome, d.request_id = done_word, exc.request_id
-                journal.write(
+                journal.event(
                     "reconciled",
-                    key=entry.key,
-                    op=entry.op,
-                    mailbox=entry.mailbox,
-                    trustee=entry.trustee,
+                    entry,
                     outcome=done_word,
                     note="the write had been applied before its answer was lost",
                 )
@@ -482,25 +480,21 @@ async def apply_delegation(session: Session, plan: Plan, d: Delegation, journal:
             if state is State.UNKNOWN or attempt == AMBIGUOUS_WRITE_TRIES:
                 d.outcome, d.request_id = "unknown", exc.request_id
                 d.error = error or exc.message
-                journal.write(
+                journal.event(
                     "reconciled",
-                    key=entry.key,
-                    op=entry.op,
-                    mailbox=entry.mailbox,
-                    trustee=entry.trustee,
+                    entry,
                     outcome="unknown",
                     error=d.error,
                 )
                 return
-            journal.write(
+            journal.event(
                 "reconciled",
-                key=entry.key,
-                op=entry.op,
-                mailbox=entry.mailbox,
-                trustee=entry.trustee,
+                entry,
                 outcome="not-applied",
                 note="read back: the write had not been applied; sending it again",
             )
+            transport = session.http.transport  # back off as the transport does before any retry
+            await transport.sleep(transport.policy.backoff(attempt, None, _resend_rng))
             continue
         except EsjProvisionError as exc:
             d.outcome, d.request_id, d.error = "failed", exc.request_id, exc.message

@@ -86,28 +86,29 @@ async def run_step(
         try:
             result = await write()
         except AmbiguousWriteError as exc:
-            journal.write("ambiguous", key=entry.key, op=entry.op, mailbox=entry.mailbox, trustee=entry.trustee,
-                          error=exc.message, request_id=exc.request_id)
+            journal.event("ambiguous", entry, error=exc.message, request_id=exc.request_id)
             try:
                 applied = await present()
             except EsjProvisionError as read_exc:
                 step.outcome, step.error, step.request_id = "unknown", read_exc.message, exc.request_id
-                journal.write("reconciled", key=entry.key, op=entry.op, mailbox=entry.mailbox,
-                              trustee=entry.trustee, outcome="unknown", error=read_exc.message)
+                journal.event("reconciled", entry, outcome="unknown", error=read_exc.message)
                 return
             if applied:
                 step.outcome, step.request_id = "applied", exc.request_id
-                journal.write("reconciled", key=entry.key, op=entry.op, mailbox=entry.mailbox,
-                              trustee=entry.trustee, outcome="applied",
-                              note="the write had been applied before its answer was lost")
+                journal.event(
+                    "reconciled", entry, outcome="applied", note="the write had been applied before its answer was lost"
+                )
                 return
             if attempt == AMBIGUOUS_WRITE_TRIES:
                 step.outcome, step.error, step.request_id = "unknown", exc.message, exc.request_id
-                journal.write("reconciled", key=entry.key, op=entry.op, mailbox=entry.mailbox,
-                              trustee=entry.trustee, outcome="unknown", error=exc.message)
+                journal.event("reconciled", entry, outcome="unknown", error=exc.message)
                 return
-            journal.write("reconciled", key=entry.key, op=entry.op, mailbox=entry.mailbox, trustee=entry.trustee,
-                          outcome="not-applied", note="read back: the write had not been applied; sending it again")
+            journal.event(
+                "reconciled",
+                entry,
+                outcome="not-applied",
+                note="read back: the write had not been applied; sending it again",
+            )
             continue
         except AccessDeniedError as exc:
             step.outcome, step.error, step.request_id = "failed", exc.message, exc.request_id
