@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import manifest as manifest_mod
-from .errors import AccessDeniedError, AuthError, EsjProvisionError, JournalError
+from .errors import AccessDeniedError, AuthError, ConfigError, EsjProvisionError, JournalError
 from .journal import Entry, Journal, open_intents
 from .manifest import ManifestRow
 from .models import State
@@ -51,13 +51,18 @@ def request_for(row: ManifestRow) -> OnboardRequest:
     )
 
 
-def _chunks(rows: Iterator[ManifestRow], size: int) -> Iterator[list[ManifestRow]]:
+def _chunks(rows: Iterator[ManifestRow], size: int, first: int | None = None) -> Iterator[list[ManifestRow]]:
+    """Chunks of ``size`` rows; with ``first``, the first ones are smaller (``first`` rows, then
+    twice as many each time up to ``size``), so the workers start after one lookup round trip
+    instead of waiting for a whole chunk's, and each next chunk is looked up while they work."""
+    want = max(1, min(size, first or size))
     chunk: list[ManifestRow] = []
     for row in rows:
         chunk.append(row)
-        if len(chunk) >= size:
+        if len(chunk) >= want:
             yield chunk
             chunk = []
+            want = min(size, want * 2)
     if chunk:
         yield chunk
 
@@ -141,6 +146,7 @@ class OptionFiles:
         profile: Profile | None,
         esj_client_id: str | None,
         tenant_id: str | None,
+        named: set[str] | frozenset[str] = frozenset(),
     ) -> None:
         self.out_dir = out_dir
         self.cloud = cloud
@@ -152,7 +158,11 @@ class OptionFiles:
         self._expected: dict[str, int] = {}  # rows assigned to a file
         self._finished: dict[str, int] = {}  # rows of it that are done, successful or not
         self._closed: set[str] = set()  # files that can receive no more rows
-        self._auto_seen = 0
+        # esj_instance names in the manifest (lowercased): an automatic shard never takes one of
+        # them, or a row pinned to "auto-001" would share (or overwrite) that shard's file.
+        self._named = {n.lower() for n in named}
+        self._auto_number = 0  # the current automatic shard, and how many rows it has
+        self._auto_count = SHARD_SIZE
         self.files: list[str] = []
         self.warnings: list[str] = []
 
@@ -161,9 +171,14 @@ class OptionFiles:
         if row.esj_instance:
             name = row.esj_instance
         else:
-            name = f"auto-{self._auto_seen // SHARD_SIZE + 1:03d}"
-            self._auto_seen += 1
-            if self._auto_seen % SHARD_SIZE == 0:
+            if self._auto_count >= SHARD_SIZE:
+                self._auto_number += 1
+                while f"auto-{self._auto_number:03d}" in self._named:
+                    self._auto_number += 1
+                self._auto_count = 0
+            name = f"auto-{self._auto_number:03d}"
+            self._auto_count += 1
+            if self._auto_count == SHARD_SIZE:
                 self._closed.add(name)
         self._shard_of_line[row.line] = name
         self._pending.setdefault(name, [])
@@ -242,15 +257,25 @@ async def run_bulk(
     started = time.monotonic()
     summary = BulkSummary()
     await warm_up(session)
-    out_dir.mkdir(parents=True, exist_ok=True)
     in_flight = open_intents(journal.path)  # writes a crashed run started but never finished
     files = OptionFiles(
-        out_dir, cloud=cloud, profile=profile, esj_client_id=esj_client_id, tenant_id=session.settings.tenant_id
+        out_dir,
+        cloud=cloud,
+        profile=profile,
+        esj_client_id=esj_client_id,
+        tenant_id=session.settings.tenant_id,
+        named={r.esj_instance for r in manifest_mod.rows(path) if r.esj_instance},  # one more streamed read
     )
     if in_flight and not dry_run:
         journal.write("resume", note=f"{len(in_flight)} write(s) from an earlier run had no recorded outcome")
     results_path = out_dir / "results.jsonl"
-    results = results_path.open("w", encoding="utf-8")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        results = results_path.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {results_path}: {exc.strerror or exc}", hint="choose a writable --out-dir"
+        ) from None
 
     def reconcile(plan: Plan) -> None:
         if plan.app is not None and not dry_run:
@@ -367,12 +392,13 @@ async def process_rows(
 ) -> None:
     """Stream rows through ``concurrency`` workers. A reader looks up each chunk ahead (batched)
     and feeds a bounded queue, so Graph lookups overlap with the Exchange work of earlier rows,
-    no worker idles at a chunk boundary, and memory holds about two chunks whatever the size."""
+    no worker idles at a chunk boundary (nor at the start: the first chunks are small), and memory
+    holds about two chunks whatever the size."""
     queue: asyncio.Queue[tuple[ManifestRow, dict[str, LookupResult]] | None] = asyncio.Queue(maxsize=CHUNK_ROWS)
     workers = max(1, concurrency)
 
     async def reader() -> None:
-        for chunk in _chunks(rows, CHUNK_ROWS):
+        for chunk in _chunks(rows, CHUNK_ROWS, first=workers):
             if on_row_read is not None:
                 for row in chunk:
                     on_row_read(row)

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, field
@@ -283,8 +284,10 @@ async def _check_smtp_auth(session: Session, plan: Plan) -> None:
     """SMTP AUTH must be on for the account ESJ authenticates as: smtp-client/user = the trustee,
     or, when ESJ signs in as its app, the shared mailbox itself (XOAUTH2 user= is the mailbox)."""
     who = plan.mailbox_id if plan.request.trustee_is_app else plan.trustee_id
+    # A service account is usually the trustee of every row of a bulk run: read it once per session.
+    cas_read = session.exchange.get_cas_mailbox(who) if plan.request.trustee_is_app else session.trustee_cas_mailbox(who)
     try:
-        org, cas = await gather_all(session.transport_config(), session.exchange.get_cas_mailbox(who))
+        org, cas = await gather_all(session.transport_config(), cas_read)
     except EsjProvisionError as exc:
         plan.add("warning", "smtp-auth-unknown", f"cannot read the SMTP AUTH settings: {exc.message}", exc.hint)
         return
@@ -351,6 +354,21 @@ async def _check_trustee_app(session: Session, plan: Plan) -> None:
             )
 
 
+async def _lookups(session: Session, refs: list[str]) -> dict[str, LookupResult]:
+    """The Graph lookups of one request and, meanwhile, the Exchange token every later step needs:
+    it depends on nothing they return, so asking for it after them would add a round trip to
+    Entra ID. A failure of that early token request is left for the first Exchange call to report."""
+    tokens, http = session.tokens, session.http
+    await tokens.get(http.graph.scope)  # first alone, so the sign-in is set up once
+
+    async def exchange_token() -> None:
+        with contextlib.suppress(Exception):
+            await tokens.get(http.exchange.scope)
+
+    found, _ = await gather_all(session.graph.lookup_many(refs, with_purpose=True), exchange_token())
+    return found
+
+
 async def preflight(
     session: Session,
     request: OnboardRequest,
@@ -366,12 +384,12 @@ async def preflight(
     if request.trustee_is_app:
         # The app is not a directory user: only the mailbox goes to the batched user lookups.
         if lookups is None or request.mailbox not in lookups:
-            lookups = await session.graph.lookup_many([request.mailbox], with_purpose=True)
+            lookups = await _lookups(session, [request.mailbox])
         _check_mailbox(plan, lookups.get(request.mailbox))
         await _check_trustee_app(session, plan)
     else:
         if lookups is None:
-            lookups = await session.graph.lookup_many([request.mailbox, request.trustee], with_purpose=True)
+            lookups = await _lookups(session, [request.mailbox, request.trustee])
         _check_mailbox(plan, lookups.get(request.mailbox))
         _check_trustee(plan, lookups.get(request.trustee))
     if request.trustee_is_app and mode == "onboard":

@@ -1,7 +1,8 @@
 """A session with one tenant: the token provider, the shared HTTP client, Graph and Exchange.
 
 Commands open one session per run, so tokens, TLS and connection pools are shared by every call
-(and by every row of a bulk run), and tenant-wide facts (the SMTP AUTH switch) are read once.
+(and by every row of a bulk run), and tenant-wide facts (the SMTP AUTH switch) are read once, as is
+each service account's own SMTP AUTH setting (most manifests name one account on every row).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 from .config import Settings
-from .models import TransportConfig
+from .models import CasMailbox, TransportConfig
 
 if TYPE_CHECKING:
     import httpx
@@ -46,6 +47,7 @@ class Session:
         self.graph: GraphClient = GraphClient(self.http)
         self.exchange: ExchangeClient = ExchangeClient(self.http, settings.tenant_id)
         self._transport_config: asyncio.Future[TransportConfig] | None = None
+        self._trustee_cas: dict[str, asyncio.Future[CasMailbox]] = {}
         self.trustee_lookups: dict[str, Any] = {}  # bulk/audit: trustee -> LookupResult, once per run
         # ESJ apps (trustee apps, scoped apps): resolved once per run, and their Exchange service
         # principal registered at most once however many rows of a bulk run need it (apps.py).
@@ -59,6 +61,20 @@ class Session:
             return await asyncio.shield(self._transport_config)
         except Exception:
             self._transport_config = None  # a failed read may be retried by the next row
+            raise
+
+    async def trustee_cas_mailbox(self, identity: str) -> CasMailbox:
+        """A trustee's CAS settings (its own SMTP AUTH switch), read once per session however many
+        rows name it. Only for trustees, whose number stays small: not for every row's mailbox."""
+        key = identity.lower()
+        read = self._trustee_cas.get(key)
+        if read is None:
+            read = self._trustee_cas[key] = asyncio.ensure_future(self.exchange.get_cas_mailbox(identity))
+        try:
+            return await asyncio.shield(read)
+        except Exception:
+            if self._trustee_cas.get(key) is read:
+                del self._trustee_cas[key]  # a failed read may be retried by the next row
             raise
 
     def stats(self) -> dict[str, Any]:

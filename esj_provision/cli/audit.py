@@ -71,6 +71,8 @@ def audit(
         raise UsageError(f"unknown format {fmt!r}", hint="choose one of: " + ", ".join(FORMATS))
     if out is not None and not out.parent.is_dir():
         raise UsageError(f"cannot write {out}: directory {out.parent} does not exist")
+    if out is not None and out.is_dir():
+        raise UsageError(f"cannot write {out}: it is a directory")
     info = manifest_mod.validate(manifest)
     setup_logging(verbose)
     settings = connection_settings(locals())
@@ -88,6 +90,8 @@ def audit(
         sys.stdout.write(text)
     s = report.summary()
     apps_text = f", {s['apps_wider']} of {s['apps']} ESJ app(s) with access wider than their mailboxes" if report.apps else ""
+    if report.apps and s["apps_unknown"]:  # exit 1 must not come with a summary that shows nothing unknown
+        apps_text += f", {s['apps_unknown']} ESJ app(s) unknown"
     sys.stderr.write(
         f"audit: {s['rows']} rows, {s['in_sync']} in sync, {s['drift']} drift, {s['unknown']} unknown{apps_text}\n"
     )

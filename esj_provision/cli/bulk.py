@@ -103,6 +103,9 @@ def bulk(
         profile_obj = load_profile(profile)
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out-dir {out_dir} is not a directory")
+    blocking = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)
+    if blocking is not None:  # the directory could never be created: say so before any call
+        raise UsageError(f"--out-dir {out_dir} cannot be created: {blocking} is not a directory")
     setup_logging(verbose)
     settings = connection_settings(locals())
     summary = run_async(
