@@ -147,7 +147,10 @@ class AdaptivePacer:
         if self.rate < self.NEAR * self.ceiling:
             self.rate = min(self.NEAR * self.ceiling, self.rate * (1.05**weight))
         else:
-            self.rate += self.ceiling * self.PROBE_PER_S * min(elapsed, 1.0)
+            # Probe beyond the ceiling slowly at first, then faster the longer no 429 has come:
+            # a ceiling guessed from one early burst may be far below the real limit.
+            quiet = max(0.0, now - self._cooldown_until)
+            self.rate += self.ceiling * self.PROBE_PER_S * min(elapsed, 1.0) * (1.0 + quiet / 5.0)
         if self.max_rate:
             self.rate = min(self.rate, self.max_rate)
 

@@ -506,6 +506,26 @@ def test_pacer_weight_counts_batch_items() -> None:
     run(go())
 
 
+def test_pacer_outgrows_a_ceiling_guessed_from_an_early_burst() -> None:
+    """One 429 in the first second must not pin a run to that second's rate: a service that
+    admits 100/s is reached again within about a minute."""
+    ft = FakeTime()
+    pacer = AdaptivePacer(clock=ft.clock, sleep=ft.sleep)
+
+    async def go() -> float:
+        for _ in range(18):
+            await pacer.acquire()  # an early burst: 18 sent, none answered, then a 429
+        pacer.on_throttle(1.0)
+        assert pacer.ceiling == pytest.approx(18.0)
+        start = ft.now
+        while ft.now < start + 60.0:
+            await pacer.acquire()
+            pacer.on_success()
+        return pacer.rate or 0.0
+
+    assert run(go()) > 100.0
+
+
 def test_pacer_recovers_towards_the_ceiling() -> None:
     ft = FakeTime()
     pacer = AdaptivePacer(clock=ft.clock, sleep=ft.sleep, min_rate=0.2)
@@ -518,10 +538,15 @@ def test_pacer_recovers_towards_the_ceiling() -> None:
         pacer.on_success()
     assert AdaptivePacer.NEAR * 10.0 <= pacer.rate < 10.5
     before = pacer.rate
-    for _ in range(100):  # ...then only slowly beyond it (0.4% of the ceiling per second)
+    for _ in range(10):  # ...then slowly beyond it: 2% of the ceiling per second at first...
         ft.now += 0.1
         pacer.on_success()
-    assert pacer.rate - before == pytest.approx(10 * AdaptivePacer.PROBE_PER_S * 10.0)
+    first_second = pacer.rate - before
+    assert first_second < 3 * AdaptivePacer.PROBE_PER_S * 10.0
+    for _ in range(290):  # ...faster the longer no 429 comes (a guessed ceiling may be far too low)
+        ft.now += 0.1
+        pacer.on_success()
+    assert pacer.rate - before > 30 * AdaptivePacer.PROBE_PER_S * 10.0 * 2
 
 
 def test_pacer_max_rate_is_respected() -> None:
