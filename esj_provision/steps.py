@@ -7,15 +7,19 @@ whose answer was lost (timeout, 5xx) is never repeated blindly, the state is rea
 
 from __future__ import annotations
 
+import asyncio
+import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import AccessDeniedError, AmbiguousWriteError, EsjProvisionError
+from .http import RetryPolicy
 from .journal import Entry, Journal
 from .models import State, WriteResult
 
-AMBIGUOUS_WRITE_TRIES = 2
+AMBIGUOUS_WRITE_TRIES = 4  # as planning's: each resend follows a read-back and a backoff pause
+_resend_rng = random.Random()
 
 # Organisation-level cmdlets need Role Management (Organization Management role group), which
 # Exchange Recipient Administrator does not include (reference §3, requirements).
@@ -109,6 +113,7 @@ async def run_step(
                 outcome="not-applied",
                 note="read back: the write had not been applied; sending it again",
             )
+            await asyncio.sleep(RetryPolicy().backoff(attempt, None, _resend_rng))
             continue
         except AccessDeniedError as exc:
             step.outcome, step.error, step.request_id = "failed", exc.message, exc.request_id
