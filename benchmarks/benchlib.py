@@ -12,9 +12,12 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -96,3 +99,135 @@ def write_section(name: str, markdown: str) -> Path:
     tmp.write_text(markdown.rstrip("\n") + "\n", encoding="utf-8")
     os.replace(tmp, path)
     return path
+
+
+# -- against the sandbox tenant (bench_onboard, bench_bulk, bench_memory) -------------------------
+
+TRUSTEE = "esj-svc@contoso.com"  # the sandbox's seeded service account
+
+
+def cli_path() -> str:
+    """The installed `esj-provision` next to this interpreter (the venv's console script)."""
+    return str(Path(sys.executable).parent / "esj-provision")
+
+
+def sandbox_env(pycache_dir: str, sandbox_env: Mapping[str, str], **extra: str) -> dict[str, str]:
+    """clean_env() pointed at a sandbox (its AZURE_* and ESJ_PROVISION_* variables) plus ``extra``."""
+    return clean_env(pycache_dir, {**sandbox_env, **extra})
+
+
+def write_manifest(path: Path, rows: int, *, trustee: str = TRUSTEE, inbound: str = "imap",
+                   outbound: str = "smtp") -> Path:
+    """A CSV manifest of the sandbox's generated shared mailboxes queue0001@contoso.com, ..."""
+    with path.open("w", encoding="utf-8", newline="") as f:
+        f.write("mailbox,trustee,inbound,outbound\n")
+        for i in range(1, rows + 1):
+            f.write(f"queue{i:04d}@contoso.com,{trustee},{inbound},{outbound}\n")
+    return path
+
+
+# Forks and execs the measured command from a small process, then reports that command's own
+# rusage. Measured straight from the benchmark instead, ru_maxrss would count the parent's RSS:
+# Linux charges a child the memory it shares with the parent until exec (fork, and vfork too).
+_RUSAGE_WRAPPER = r"""
+import os, sys
+pid = os.fork()
+if pid == 0:
+    try:
+        os.execv(sys.argv[2], sys.argv[2:])
+    finally:
+        os._exit(127)
+_, status, ru = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write("%d %r %r" % (ru.ru_maxrss, ru.ru_utime, ru.ru_stime))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@dataclass(frozen=True)
+class ChildUsage:
+    maxrss_kib: int  # the command's peak resident set (Linux: KiB)
+    cpu_s: float  # user + system
+
+
+def run_child(
+    cmd: Sequence[str],
+    env: Mapping[str, str],
+    *,
+    cwd: str | Path | None = None,
+    stdout: Any = subprocess.DEVNULL,
+    usage: bool = False,
+) -> tuple[float, ChildUsage | None, int, str]:
+    """Run one process: (wall seconds, with ``usage`` its own peak RSS and CPU, exit status, stderr).
+
+    With ``usage`` the command runs under a tiny wrapper (``python -S``, about 8 MiB) that forks it
+    and reads its rusage with ``os.wait4``: peak RSS of that command alone, not the benchmark's.
+    """
+    report = None
+    argv = list(cmd)
+    if usage:
+        fd, report = tempfile.mkstemp(prefix="esj-bench-rusage-")
+        os.close(fd)
+        argv = [sys.executable, "-S", "-c", _RUSAGE_WRAPPER, report, *argv]
+    try:
+        start = time.perf_counter()
+        proc = subprocess.run(argv, env=dict(env), cwd=cwd, stdout=stdout, stderr=subprocess.PIPE)
+        elapsed = time.perf_counter() - start
+        measured = None
+        if report is not None:
+            text = Path(report).read_text().split()
+            if len(text) == 3:
+                measured = ChildUsage(int(text[0]), float(text[1]) + float(text[2]))
+    finally:
+        if report is not None:
+            os.unlink(report)
+    return elapsed, measured, proc.returncode, proc.stderr.decode(errors="replace")
+
+
+def call_start(call: Mapping[str, Any]) -> float:
+    """A sandbox call's start (epoch seconds; ms resolution), taken before its added latency."""
+    return _dt.datetime.fromisoformat(str(call["time"]).replace("Z", "+00:00")).timestamp()
+
+
+def http_calls(calls: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """The HTTP requests the sandbox served, without the per-item entries of Graph $batch requests
+    (each item is logged too, but travels inside its $batch POST)."""
+    return [c for c in calls if "batch" not in c]
+
+
+def call_label(call: Mapping[str, Any]) -> str:
+    if call["service"] == "entra":
+        return "Entra token" if str(call["path"]).endswith("/token") else "Entra discovery"
+    if call["service"] == "graph":
+        return "Graph $batch" if str(call["path"]).rstrip("/").endswith("$batch") else f"Graph {call['method']}"
+    return str(call.get("cmdlet") or call["path"])
+
+
+def round_trips(calls: Sequence[Mapping[str, Any]], slack_ms: float = 2.0) -> list[list[Mapping[str, Any]]]:
+    """The HTTP calls grouped into sequential round trips: calls whose [start, start + duration]
+    intervals overlap went out together; a call that starts after every earlier one has ended had
+    to wait for them. ``slack_ms`` absorbs the log's millisecond rounding of start times."""
+    spans = sorted(
+        ((call_start(c), call_start(c) + float(c.get("duration_ms") or 0.0) / 1000, c) for c in http_calls(calls)),
+        key=lambda s: s[0],
+    )
+    groups: list[list[Mapping[str, Any]]] = []
+    end = float("-inf")
+    for start, stop, call in spans:
+        if groups and start < end - slack_ms / 1000:
+            groups[-1].append(call)
+            end = max(end, stop)
+        else:
+            groups.append([call])
+            end = stop
+    return groups
+
+
+def critical_path_ms(groups: Sequence[Sequence[Mapping[str, Any]]]) -> float:
+    """Server time on the critical path: the longest call of each sequential round trip, summed."""
+    return sum(max(float(c.get("duration_ms") or 0.0) for c in g) for g in groups)
+
+
+def serial_ms(calls: Sequence[Mapping[str, Any]]) -> float:
+    """The naive serial baseline: every HTTP call's server time, one after another."""
+    return sum(float(c.get("duration_ms") or 0.0) for c in http_calls(calls))
