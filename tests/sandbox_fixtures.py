@@ -6,6 +6,7 @@ writes (grants, mutations, faults) takes ``make_sandbox`` and gets its own tenan
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -101,3 +102,29 @@ def make_sandbox() -> Iterator[Callable[..., tuple[Sandbox, SandboxClient]]]:
     for sb, client in started:
         client.close()
         sb.stop()
+
+
+class Later(threading.Thread):
+    """Runs ``action`` once the sandbox has served ``after`` more requests: a fault mid-run."""
+
+    def __init__(self, sb: Sandbox, after: int, action: Callable[[], object]) -> None:
+        super().__init__(daemon=True)
+        calls = sb.calls()
+        self.sb, self.at, self.action = sb, (calls[-1]["seq"] if calls else 0) + after, action
+        self.done = threading.Event()
+        self.fired = False
+
+    def run(self) -> None:
+        while not self.done.wait(0.01):
+            if self.sb.calls(since=self.at):
+                self.action()
+                self.fired = True
+                return
+
+    def __enter__(self) -> Later:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.done.set()
+        self.join()

@@ -10,7 +10,6 @@ statuses, per-row results, ``--dry-run`` and an invalid manifest.
 from __future__ import annotations
 
 import json
-import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sandbox_fixtures import Later
 from typer.testing import CliRunner, Result
 
 from esj_provision.cli import app
@@ -192,32 +192,6 @@ def assert_options_files(out_dir: Path, by_line: dict[int, Row], refused: set[in
         ], name
         if name.startswith("esj-auto-"):
             assert len(got) <= 25
-
-
-class Later(threading.Thread):
-    """Runs ``action`` on the sandbox once it has served ``after`` more requests: a fault mid-run."""
-
-    def __init__(self, sb: Sandbox, after: int, action: Callable[[], object]) -> None:
-        super().__init__(daemon=True)
-        calls = sb.calls()
-        self.sb, self.at, self.action = sb, (calls[-1]["seq"] if calls else 0) + after, action
-        self.done = threading.Event()
-        self.fired = False
-
-    def run(self) -> None:
-        while not self.done.wait(0.02):
-            if self.sb.calls(since=self.at):
-                self.action()
-                self.fired = True
-                return
-
-    def __enter__(self) -> Later:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.done.set()
-        self.join()
 
 
 # --------------------------------------------------------------------------- a few hundred rows, faults on

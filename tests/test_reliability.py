@@ -25,7 +25,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -35,6 +34,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sandbox_fixtures import Later
 from typer.testing import CliRunner, Result
 
 from esj_provision.cli import app
@@ -131,31 +131,6 @@ def last_seq(sb: Sandbox) -> int:
     return calls[-1]["seq"] if calls else 0
 
 
-class Later(threading.Thread):
-    """Runs ``action`` once the sandbox has served ``after`` more requests: a fault mid-run."""
-
-    def __init__(self, sb: Sandbox, after: int, action: Callable[[], object]) -> None:
-        super().__init__(daemon=True)
-        self.sb, self.at, self.action = sb, last_seq(sb) + after, action
-        self.done = threading.Event()
-        self.fired = False
-
-    def run(self) -> None:
-        while not self.done.wait(0.01):
-            if self.sb.calls(since=self.at):
-                self.action()
-                self.fired = True
-                return
-
-    def __enter__(self) -> Later:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.done.set()
-        self.join()
-
-
 def bulk_in_process(sb: Sandbox, tmp: Path, *extra: str) -> tuple[Result, dict[str, Any]]:
     r = CliRunner().invoke(
         app,
@@ -235,9 +210,8 @@ def test_faults_mid_run_end_in_the_desired_state_each_delegation_once(name: str,
         rows = write_manifest(tmp_path / "m.csv", 1, 30)
         baseline = tenant_delegations(sb)
         started = time.monotonic()
-        # Mid-run, once the transport has measured how fast answers come. (A 429 among the very
-        # first requests currently pins the adaptive pacer near the rate of that first burst for
-        # the rest of the run: a known weakness of http.AdaptivePacer, not what this test is about.)
+        # Mid-run, once the transport has measured how fast answers come. (How the pacer recovers
+        # from a 429 among the very first requests is tested in test_http.)
         with Later(sb, 150, make_fault(sb)) as later:
             r, summary = bulk_in_process(sb, tmp_path, "--concurrency", str(concurrency))
         elapsed = time.monotonic() - started
