@@ -5,16 +5,14 @@ Bodies come from tests/msft_shapes.py (Microsoft's shapes); respx answers; nothi
 
 from __future__ import annotations
 
-import asyncio
 import json
-import time
-from collections.abc import Coroutine
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
 import respx
+from fakes import FakeTokens, run
+from fakes import settings as _settings
 from msft_shapes import (
     INVOKE_ACCESS_DENIED,
     INVOKE_NOT_FOUND,
@@ -27,8 +25,6 @@ from msft_shapes import (
 )
 
 from esj_provision import exchange as exchange_module
-from esj_provision.config import Settings, load_settings
-from esj_provision.credentials import Token
 from esj_provision.errors import (
     AccessDeniedError,
     AmbiguousWriteError,
@@ -58,30 +54,6 @@ MBX = "support@contoso.com"
 SVC = "esj-svc@contoso.com"
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
-
-
-def settings() -> Settings:
-    return load_settings(
-        environ={
-            "AZURE_TENANT_ID": TENANT,
-            "AZURE_CLIENT_ID": "11111111-2222-3333-4444-555555555555",
-            "AZURE_CLIENT_SECRET": "not-a-real-secret",
-        },
-        dotenv_path=Path("/nonexistent/.env"),
-    )
-
-
-class FakeTokens:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, bool]] = []
-
-    async def get(self, scope: str, *, force_refresh: bool = False, rejected: str | None = None) -> Token:
-        self.calls.append((scope, force_refresh))
-        return Token(f"exo-{len(self.calls)}", time.time() + 3600)
-
-
 class Sleeps(list[float]):
     async def __call__(self, delay: float) -> None:
         self.append(delay)
@@ -92,7 +64,7 @@ def client(
 ) -> tuple[ExchangeClient, Sleeps, FakeTokens]:
     sleeps, tokens = Sleeps(), FakeTokens()
     http = MicrosoftHttp(
-        settings(),
+        _settings(TENANT),
         tokens,  # type: ignore[arg-type]
         policy=policy,
         inner=httpx.MockTransport(router.async_handler),

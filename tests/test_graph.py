@@ -5,19 +5,17 @@ Bodies come from tests/msft_shapes.py; respx answers; a fake clock records every
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Coroutine
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import httpx
 import pytest
 import respx
+from fakes import FakeTime, FakeTokens, run, settings
 from msft_shapes import (
     GRAPH_ACCESS_DENIED,
     GRAPH_NOT_FOUND,
@@ -27,8 +25,6 @@ from msft_shapes import (
     USER_PURPOSE_STRING,
 )
 
-from esj_provision.config import Settings, load_settings
-from esj_provision.credentials import Token
 from esj_provision.errors import (
     AccessDeniedError,
     MailboxNotEnabledForRestError,
@@ -45,43 +41,6 @@ V1 = "https://graph.microsoft.com/v1.0"
 BATCH = f"{V1}/$batch"
 SELECT = ["id,userPrincipalName,mail,displayName,accountEnabled"]
 UPN = "support@contoso.onmicrosoft.com"
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
-
-
-def settings() -> Settings:
-    return load_settings(
-        environ={
-            "AZURE_TENANT_ID": "contoso.onmicrosoft.com",
-            "AZURE_CLIENT_ID": "11111111-2222-3333-4444-555555555555",
-            "AZURE_CLIENT_SECRET": "not-a-real-secret",
-        },
-        dotenv_path=Path("/nonexistent/.env"),
-    )
-
-
-class FakeTime:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, delay: float) -> None:
-        self.sleeps.append(delay)
-        self.now += delay
-
-
-class FakeTokens:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, bool]] = []
-
-    async def get(self, scope: str, *, force_refresh: bool = False, rejected: str | None = None) -> Token:
-        self.calls.append((scope, force_refresh))
-        return Token(f"graph-{len(self.calls)}", time.time() + 3600)
 
 
 class Env:

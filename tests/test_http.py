@@ -5,20 +5,15 @@ No network and no real sleeping: respx answers, and a fake clock records every w
 
 from __future__ import annotations
 
-import asyncio
 import random
 import re
-import time
-from collections.abc import Coroutine
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import httpx
 import pytest
 import respx
+from fakes import FakeTime, FakeTokens, run, settings
 
-from esj_provision.config import Settings, load_settings
-from esj_provision.credentials import Token
 from esj_provision.errors import AmbiguousWriteError, TransientError
 from esj_provision.http import (
     AdaptivePacer,
@@ -34,49 +29,6 @@ GRAPH = "https://graph.microsoft.com"
 EXO = "https://outlook.office365.com"
 GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 WRITE = {"esj_write": True}
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    return asyncio.run(coro)
-
-
-def settings() -> Settings:
-    return load_settings(
-        environ={
-            "AZURE_TENANT_ID": "contoso.onmicrosoft.com",
-            "AZURE_CLIENT_ID": "11111111-2222-3333-4444-555555555555",
-            "AZURE_CLIENT_SECRET": "not-a-real-secret",
-        },
-        dotenv_path=Path("/nonexistent/.env"),
-    )
-
-
-class FakeTime:
-    """A clock that only moves when someone sleeps; every sleep is recorded."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def clock(self) -> float:
-        return self.now
-
-    async def sleep(self, delay: float) -> None:
-        self.sleeps.append(delay)
-        self.now += delay
-
-
-class FakeTokens:
-    """TokenProvider stand-in: a new token value each time one is handed out for a scope."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, bool]] = []
-
-    async def get(self, scope: str, *, force_refresh: bool = False, rejected: str | None = None) -> Token:
-        self.calls.append((scope, force_refresh))
-        n = sum(1 for s, _ in self.calls if s == scope)
-        name = "graph" if "graph" in scope else "exo"
-        return Token(f"{name}-{n}", time.time() + 3600)
 
 
 def make_http(
