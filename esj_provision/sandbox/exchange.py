@@ -11,7 +11,7 @@ import fnmatch
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from .tenant import (
     MAILBOX_RIGHTS,
@@ -52,6 +52,8 @@ APP_RBAC_ROLES: dict[str, str] = {
     "Application EWS.AccessAsApp": "EWS.AccessAsApp",
     "Application SMTP.SendAsApp": "SMTP.SendAsApp",
 }
+
+T = TypeVar("T")
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -301,31 +303,25 @@ class Spec:
 # --- lookups and rows -------------------------------------------------------------------------
 
 
-def _mailbox(t: Tenant, key: str) -> Recipient:
-    found = t.find_recipients(key)
+def _only(found: list[T], key: str) -> T:
+    """The one object ``key`` names: Exchange's not-found or ambiguous error otherwise."""
     if not found:
         raise not_found(key)
     if len(found) > 1:
         raise _ambiguous(key)
     return found[0]
+
+
+def _mailbox(t: Tenant, key: str) -> Recipient:
+    return _only(t.find_recipients(key), key)
 
 
 def _principal(t: Tenant, key: str) -> Principal:
-    found = t.find_principals(key)
-    if not found:
-        raise not_found(key)
-    if len(found) > 1:
-        raise _ambiguous(key)
-    return found[0]
+    return _only(t.find_principals(key), key)
 
 
 def _exo_sp(t: Tenant, key: str) -> ExoServicePrincipal:
-    found = t.find_exo_sps(key)
-    if not found:
-        raise not_found(key)
-    if len(found) > 1:
-        raise _ambiguous(key)
-    return found[0]
+    return _only(t.find_exo_sps(key), key)
 
 
 def _render_principal(p: Principal) -> str:
