@@ -37,7 +37,7 @@ MAX_RATIO = 1.5  # fail above this: memory growing with rows is a bug
 VALIDATE = r"""
 import json, sys, time, tracemalloc
 from pathlib import Path
-from esj_provision import manifest
+from esj_provision.fleet import manifest
 
 path = Path(sys.argv[1])
 start = time.perf_counter()
@@ -107,7 +107,7 @@ def validate_child(rows: int, manifest: Path, scratch: Path) -> Measure:
 
 
 # What a bulk run imports before its first row: the CLI, the HTTP stack, sign-in, the Graph SDK.
-IMPORTS = "import esj_provision.cli, esj_provision.bulk, esj_provision.session, azure.identity, msgraph, kiota_http"
+IMPORTS = "import esj_provision.cli, esj_provision.fleet.bulk, esj_provision.microsoft.session, azure.identity, msgraph, kiota_http"
 
 
 def imports_child(scratch: Path) -> Measure:

@@ -86,10 +86,10 @@ def in_process(sb: Any, mailbox: str, journal: Path, scratch: Path) -> float:
     """One onboarding as `esj-provision onboard` does it, in this interpreter: settings, a fresh
     Session (so its own sign-in), the journal, planning.run. Wall seconds."""
     from esj_provision.config import load_settings
-    from esj_provision.journal import Journal
+    from esj_provision.microsoft.session import Session
     from esj_provision.models import Inbound, Outbound
-    from esj_provision.planning import OnboardRequest, run
-    from esj_provision.session import Session
+    from esj_provision.provision.journal import Journal
+    from esj_provision.provision.onboard import OnboardRequest, run
 
     async def go() -> Any:
         settings = load_settings(environ=sb.env, dotenv_path=scratch / "no.env")

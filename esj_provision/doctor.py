@@ -25,7 +25,9 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-from .apps import (
+from .errors import AccessDeniedError, AuthError, EsjProvisionError, ExitStatus
+from .models import Inbound, Outbound
+from .provision.esj_app import (
     WIDER_FIX,
     AppIdentity,
     AppLookupError,
@@ -36,11 +38,9 @@ from .apps import (
     resolve_app,
     wider_than_mailboxes,
 )
-from .errors import AccessDeniedError, AuthError, EsjProvisionError, ExitStatus
-from .models import Inbound, Outbound
 
 if TYPE_CHECKING:
-    from .session import Session
+    from .microsoft.session import Session
 
 Status = Literal["ok", "missing", "warning", "error"]
 FAILING: frozenset[str] = frozenset({"missing", "error"})
@@ -180,7 +180,7 @@ async def _handshake(host: str, port: int, ctx: ssl.SSLContext) -> str | None:
 
 async def _tls(session: Session, report: DoctorReport) -> bool:
     """A TLS handshake with each host, with exactly the trust store esj-provision uses."""
-    from .http import ssl_context
+    from .microsoft.http import ssl_context
 
     s = session.settings
     trust = f"CA bundle {s.ca_bundle}" if s.ca_bundle else "the system trust store"

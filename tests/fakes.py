@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from esj_provision.config import Settings, load_settings
-from esj_provision.credentials import Token
+from esj_provision.microsoft.credentials import Token
 
 T = TypeVar("T")
 

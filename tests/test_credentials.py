@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from esj_provision.config import Settings, load_settings
-from esj_provision.credentials import Token, TokenProvider
 from esj_provision.errors import AuthError, ConfigError
+from esj_provision.microsoft.credentials import Token, TokenProvider
 from esj_provision.sandbox import Sandbox
 
 GRAPH = "https://graph.microsoft.com/.default"

@@ -12,7 +12,7 @@ import pytest
 
 from esj_provision.clouds import CLOUDS
 from esj_provision.errors import ConfigError, EsjProvisionError, UsageError
-from esj_provision.esj_options import (
+from esj_provision.esj.options import (
     CLOUD_KEYS,
     PLACEHOLDER_CLIENT_ID,
     PLACEHOLDER_SECRET,
@@ -28,8 +28,8 @@ from esj_provision.esj_options import (
     load_profile,
     parse_profile,
 )
+from esj_provision.esj.output import parse_cfg, render_cfg, render_json, write_output
 from esj_provision.models import Inbound, Outbound
-from esj_provision.output import parse_cfg, render_cfg, render_json, write_output
 
 MAILBOX = "support@contoso.com"
 TRUSTEE = "svc-genesys@contoso.com"

@@ -9,9 +9,9 @@ from typer.testing import CliRunner
 from esj_provision.cli import app
 from esj_provision.clouds import CLOUDS
 from esj_provision.errors import ConfigError, UsageError
-from esj_provision.esj_options import EsjOption, EsjOptionSet, EsjRequest, Profile, build_options, parse_profile
+from esj_provision.esj.options import EsjOption, EsjOptionSet, EsjRequest, Profile, build_options, parse_profile
+from esj_provision.esj.output import parse_cfg, render_cfg, render_json
 from esj_provision.models import Inbound, Outbound
-from esj_provision.output import parse_cfg, render_cfg, render_json
 
 NAMES = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,30}\Z")
 # Printable text: no control characters (tab aside) and no Unicode line/paragraph separators,

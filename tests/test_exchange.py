@@ -24,7 +24,6 @@ from msft_shapes import (
     WARNING_ALREADY_PRESENT,
 )
 
-from esj_provision import exchange as exchange_module
 from esj_provision.errors import (
     AccessDeniedError,
     AmbiguousWriteError,
@@ -33,7 +32,8 @@ from esj_provision.errors import (
     ThrottledError,
     TransientError,
 )
-from esj_provision.exchange import (
+from esj_provision.microsoft import exchange as exchange_module
+from esj_provision.microsoft.exchange import (
     ExchangeClient,
     error_message,
     holds,
@@ -42,7 +42,7 @@ from esj_provision.exchange import (
     row_matches,
     split_rights,
 )
-from esj_provision.http import MicrosoftHttp, RetryPolicy
+from esj_provision.microsoft.http import MicrosoftHttp, RetryPolicy
 from esj_provision.models import PermissionRow, RecipientPermissionRow
 
 T = TypeVar("T")

@@ -33,8 +33,8 @@ from esj_provision.errors import (
     ThrottledError,
     TransientError,
 )
-from esj_provision.graph import GraphClient, LookupResult, parse_user_purpose
-from esj_provision.http import AdaptivePacer, MicrosoftHttp, RetryPolicy
+from esj_provision.microsoft.graph import GraphClient, LookupResult, parse_user_purpose
+from esj_provision.microsoft.http import AdaptivePacer, MicrosoftHttp, RetryPolicy
 
 T = TypeVar("T")
 V1 = "https://graph.microsoft.com/v1.0"
@@ -301,7 +301,7 @@ def test_service_principal_403_names_application_read_all() -> None:
 
 
 def test_graph_module_does_not_import_the_sdk() -> None:
-    code = "import sys, esj_provision.graph; sys.exit(1 if any(m.startswith(('msgraph', 'kiota')) for m in sys.modules) else 0)"
+    code = "import sys, esj_provision.microsoft.graph; sys.exit(1 if any(m.startswith(('msgraph', 'kiota')) for m in sys.modules) else 0)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 

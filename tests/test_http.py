@@ -15,7 +15,7 @@ import respx
 from fakes import FakeTime, FakeTokens, run, settings
 
 from esj_provision.errors import AmbiguousWriteError, TransientError
-from esj_provision.http import (
+from esj_provision.microsoft.http import (
     AdaptivePacer,
     MicrosoftHttp,
     MicrosoftTransport,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from esj_provision.errors import JournalError
-from esj_provision.journal import Entry, Journal, default_journal_path, open_intents, read_journal
+from esj_provision.provision.journal import Entry, Journal, default_journal_path, open_intents, read_journal
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
 FULL = Entry("add-full-access", "Support@Contoso.com", "ESJ@Contoso.com")

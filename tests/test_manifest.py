@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from esj_provision.errors import ConfigError, ManifestError, UsageError
-from esj_provision.manifest import MAX_LISTED_PROBLEMS, ManifestInfo, ManifestRow, rows, validate
+from esj_provision.fleet.manifest import MAX_LISTED_PROBLEMS, ManifestInfo, ManifestRow, rows, validate
 from esj_provision.models import Inbound, Outbound
 
 HEADER = "mailbox,trustee,inbound,outbound"

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from esj_provision.errors import ConfigError, ManifestError
-from esj_provision.manifest import MAX_LISTED_PROBLEMS, OPTIONAL, REQUIRED, ManifestRow, rows, validate
+from esj_provision.fleet.manifest import MAX_LISTED_PROBLEMS, OPTIONAL, REQUIRED, ManifestRow, rows, validate
 from esj_provision.models import Inbound, Outbound
 
 BOM = b"\xef\xbb\xbf"

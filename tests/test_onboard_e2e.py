@@ -261,9 +261,9 @@ def test_token_expiring_mid_run_is_refreshed_before_use(tmp_path: Path) -> None:
     import time
 
     from esj_provision.config import load_settings
-    from esj_provision.journal import Journal
-    from esj_provision.planning import OnboardRequest, run
-    from esj_provision.session import Session
+    from esj_provision.microsoft.session import Session
+    from esj_provision.provision.journal import Journal
+    from esj_provision.provision.onboard import OnboardRequest, run
 
     with Sandbox(token_lifetime=2) as sb:
         settings = load_settings(environ=sb.env, dotenv_path=tmp_path / "none")
@@ -295,12 +295,12 @@ def test_token_revoked_mid_run_gets_one_fresh_token(tmp_path: Path) -> None:
     import asyncio
 
     from esj_provision.config import load_settings
-    from esj_provision.planning import OnboardRequest, run
-    from esj_provision.session import Session
+    from esj_provision.microsoft.session import Session
+    from esj_provision.provision.onboard import OnboardRequest, run
 
     with Sandbox() as sb:
         settings = load_settings(environ=sb.env, dotenv_path=tmp_path / "none")
-        from esj_provision.journal import Journal
+        from esj_provision.provision.journal import Journal
 
         async def go() -> Any:
             async with Session(settings) as session:

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from esj_provision.models import DirectoryUser, Right, State
-from esj_provision.planning import Delegation, OnboardRequest, Plan
-from esj_provision.powershell import command_for, quote, to_powershell
+from esj_provision.provision.onboard import Delegation, OnboardRequest, Plan
+from esj_provision.provision.powershell import command_for, quote, to_powershell
 
 # PowerShell's tokenizer takes all of these for a single quote (CharTraits.IsSingleQuote).
 PS_SINGLE_QUOTES = "'\u2018\u2019\u201a\u201b"

@@ -14,9 +14,9 @@ from sandbox_fixtures import SandboxClient
 from typer.testing import CliRunner, Result
 
 from esj_provision.cli import app
-from esj_provision.journal import read_journal
+from esj_provision.provision.journal import read_journal
+from esj_provision.provision.scope import address_filter, addresses_in, extended_filter, scope_name
 from esj_provision.sandbox import Sandbox
-from esj_provision.scoping import address_filter, addresses_in, extended_filter, scope_name
 
 Cli = Callable[..., Result]
 TRUSTEE = "esj-svc@contoso.com"

@@ -347,7 +347,7 @@ def test_every_tenant_command_keeps_every_secret_and_token_to_itself(
     r = h.run("doctor", "-f", "json", "-v", auth=auth)
     signed_in = next(c for c in json.loads(r.stdout)["checks"] if c["id"] == "sign-in")["what"]
     assert ("(certificate)" if auth == "pfx" else "(secret)") in signed_in  # the sign-in meant was used
-    assert "esj_provision.http" in r.stderr  # --verbose really logged requests
+    assert "esj_provision.microsoft.http" in r.stderr  # --verbose really logged requests
     h.run("doctor", auth=auth)
     h.run("doctor", "--esj-app", sb.esj_app_id, "--inbound", "graph", "--outbound", "graph", "-v", auth=auth,
           expect=(0, 1))
@@ -523,8 +523,8 @@ def test_settings_tokens_options_and_errors_never_show_a_secret(sb: Sandbox, tmp
     import asyncio
 
     from esj_provision.clouds import get_cloud
-    from esj_provision.credentials import Token, TokenProvider
-    from esj_provision.esj_options import EsjRequest, Profile, build_options
+    from esj_provision.esj.options import EsjRequest, Profile, build_options
+    from esj_provision.microsoft.credentials import Token, TokenProvider
     from esj_provision.models import Inbound, Outbound
 
     env = {**sb.env, "AZURE_CLIENT_SECRET": CLIENT_SECRET, "AZURE_CLIENT_CERTIFICATE_PASSWORD": PFX_PASSWORD}
@@ -615,7 +615,7 @@ def test_a_verbose_run_in_a_real_process_leaks_nothing(sb: Sandbox, tmp_path: Pa
             env=_process_env(sb, tmp_path, **extra), cwd=tmp_path, capture_output=True, text=True, timeout=60,
         )
         assert p.returncode == 0, p.stderr
-        assert "esj_provision.http" in p.stderr
+        assert "esj_provision.microsoft.http" in p.stderr
         assert leaks(p.stdout + p.stderr) == [], p.stdout + p.stderr
 
 

@@ -17,8 +17,8 @@ from sandbox_fixtures import SandboxClient
 from typer.testing import CliRunner, Result
 
 from esj_provision.cli import app
-from esj_provision.journal import read_journal
-from esj_provision.manifest import rows, validate
+from esj_provision.fleet.manifest import rows, validate
+from esj_provision.provision.journal import read_journal
 from esj_provision.sandbox import Sandbox
 
 Cli = Callable[..., Result]
@@ -332,7 +332,7 @@ def test_audit_of_an_app_registered_with_the_wrong_object_id(cli: Cli, sb: Sandb
 def test_bulk_resume_reconciles_an_interrupted_registration(cli: Cli, sb: Sandbox, tmp_path: Path) -> None:
     """A crash between sending New-ServicePrincipal and recording its answer: the next run reads the
     tenant, records what became of it, and does not register again."""
-    from esj_provision.journal import Entry, Journal
+    from esj_provision.provision.journal import Entry, Journal
 
     sp_id, _ = esj_ids(sb)
     register(sb, sp_id)  # what the crashed run's write did

@@ -61,8 +61,8 @@ def audit(
     whose access is wider than their mailboxes count as drift. Exit status 0 in sync, 3 drift found,
     1 when any row could not be read (never reported as in sync).
     """
-    from .. import manifest as manifest_mod
-    from ..audit import render_csv, render_json, render_markdown
+    from ..fleet import manifest as manifest_mod
+    from ..fleet.audit import render_csv, render_json, render_markdown
     from ..models import parse_guid
 
     apps = tuple(parse_guid(a, "--esj-app client id") for a in esj_app)
@@ -82,7 +82,7 @@ def audit(
     else:
         text = {"json": render_json, "csv": render_csv, "markdown": render_markdown}[fmt_key](report)
     if out is not None:
-        from ..output import write_output
+        from ..esj.output import write_output
 
         write_output(out, text, contains_secret=False)
         sys.stderr.write(f"wrote {out}\n")
@@ -99,8 +99,8 @@ def audit(
 
 
 async def _audit(settings: Any, path: Path, concurrency: int, apps: tuple[str, ...] = ()) -> Any:
-    from ..audit import run_audit
-    from ..session import Session
+    from ..fleet.audit import run_audit
+    from ..microsoft.session import Session
 
     async with Session(settings, max_connections=max(20, concurrency * 2)) as session:
         return await run_audit(session, path, concurrency=concurrency, esj_apps=apps)

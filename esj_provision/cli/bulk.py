@@ -90,7 +90,7 @@ def bulk(
 
     Exit status 0 when every row succeeded, 4 when some failed (listed), 1 when the run could not start.
     """
-    from .. import manifest as manifest_mod
+    from ..fleet import manifest as manifest_mod
 
     fmt_key = fmt.strip().lower()
     if fmt_key not in ("table", "json"):
@@ -98,7 +98,7 @@ def bulk(
     info = manifest_mod.validate(manifest)  # before any call to Microsoft, and before writing anything
     profile_obj = None
     if profile is not None:
-        from ..esj_options import load_profile
+        from ..esj.options import load_profile
 
         profile_obj = load_profile(profile)
     if out_dir.exists() and not out_dir.is_dir():
@@ -127,9 +127,9 @@ async def _bulk(
     esj_client_id: str | None,
     fmt_key: str,
 ) -> Any:
-    from ..bulk import run_bulk
-    from ..journal import Journal, default_journal_path
-    from ..session import Session
+    from ..fleet.bulk import run_bulk
+    from ..microsoft.session import Session
+    from ..provision.journal import Journal, default_journal_path
 
     progress = _Progress(info.rows, enabled=sys.stderr.isatty())
 

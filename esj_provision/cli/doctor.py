@@ -94,7 +94,7 @@ def doctor(
 
 async def _doctor(settings: Any, inbound: Any, outbound: Any, esj_app: str | None) -> Any:
     from ..doctor import run_doctor
-    from ..session import Session
+    from ..microsoft.session import Session
 
     async with Session(settings) as session:
         return await run_doctor(session, inbound=inbound, outbound=outbound, esj_app=esj_app)

@@ -79,9 +79,9 @@ def emit(
     """
     # Imported here, not at module top, so `esj-provision --help` does not pay for them.
     from ..clouds import get_cloud
-    from ..esj_options import EsjRequest, Profile, build_options, load_profile
+    from ..esj.options import EsjRequest, Profile, build_options, load_profile
+    from ..esj.output import print_table, render_cfg, render_json, write_output
     from ..models import parse_inbound, parse_outbound
-    from ..output import print_table, render_cfg, render_json, write_output
 
     fmt_key = fmt.strip().lower()
     if fmt_key not in FORMATS:

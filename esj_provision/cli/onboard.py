@@ -47,10 +47,10 @@ async def _run(
     scope_app: str | None = None,
 ) -> tuple[Any, Any]:
     """The plan, and with ``scope_app`` the scoping of that ESJ app (after a successful onboarding)."""
-    from ..journal import Journal, default_journal_path
-    from ..planning import run
-    from ..scoping import roles_for, run_scope
-    from ..session import Session
+    from ..microsoft.session import Session
+    from ..provision.journal import Journal, default_journal_path
+    from ..provision.onboard import run
+    from ..provision.scope import roles_for, run_scope
 
     async with Session(settings) as session:
         roles = roles_for(request.inbound, request.outbound)
@@ -72,7 +72,7 @@ async def _run(
 
 
 def _options(plan: Any, settings: Any, profile: Path | None, esj_client_id: str | None) -> Any:
-    from ..esj_options import EsjRequest, Profile, build_options, load_profile
+    from ..esj.options import EsjRequest, Profile, build_options, load_profile
 
     prof = load_profile(profile) if profile is not None else Profile()
     r = plan.request
@@ -198,7 +198,7 @@ def onboard(
     nothing. Every write is recorded in the change journal.
     """
     from ..models import Inbound, Outbound, parse_address, parse_guid, parse_inbound, parse_outbound
-    from ..planning import OnboardRequest
+    from ..provision.onboard import OnboardRequest
 
     fmt_key = fmt.strip().lower()
     if fmt_key not in FORMATS:
@@ -249,11 +249,11 @@ def onboard(
 def _render(
     plan: Any, options: Any, fmt_key: str, out: Path | None, as_powershell: bool, scope: Any = None
 ) -> None:
-    from ..output import option_set_to_dict, print_table, render_cfg, write_output
-    from ..report import next_steps, print_plan, print_scope
+    from ..esj.output import option_set_to_dict, print_table, render_cfg, write_output
+    from .render import next_steps, print_plan, print_scope
 
     if as_powershell:
-        from ..powershell import steps_to_powershell, to_powershell
+        from ..provision.powershell import steps_to_powershell, to_powershell
 
         print_plan(plan, file=sys.stderr)
         script = to_powershell([plan])
@@ -325,7 +325,7 @@ def offboard(
     service principal stays registered (other mailboxes may use it).
     """
     from ..models import parse_address
-    from ..planning import OnboardRequest
+    from ..provision.onboard import OnboardRequest
 
     fmt_key = fmt.strip().lower()
     if fmt_key not in ("table", "json"):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-from .config import Settings
-from .models import CasMailbox, TransportConfig
+from ..config import Settings
+from ..models import CasMailbox, TransportConfig
 
 if TYPE_CHECKING:
     import httpx

@@ -6,11 +6,11 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from .models import Right, State
-from .planning import Plan
+from ..models import Right, State
+from .onboard import Plan
 
 if TYPE_CHECKING:
-    from .steps import Step
+    from .writes import Step
 
 # Every character PowerShell's tokenizer takes for a single quote: ' and the typographic ‘ ’ ‚ ‛.
 _SINGLE_QUOTES = re.compile("['\u2018\u2019\u201a\u201b]")

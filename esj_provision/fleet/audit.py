@@ -22,16 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .apps import AppAccess, app_access
+from ..errors import AccessDeniedError, AuthError, EsjProvisionError, ExitStatus
+from ..models import Right, State
+from ..provision.esj_app import AppAccess, app_access
+from ..provision.onboard import preflight
 from .bulk import process_rows, request_for, warm_up
-from .errors import AccessDeniedError, AuthError, EsjProvisionError, ExitStatus
 from .manifest import ManifestRow, rows
-from .models import Right, State
-from .planning import preflight
 
 if TYPE_CHECKING:
-    from .graph import LookupResult
-    from .session import Session
+    from ..microsoft.graph import LookupResult
+    from ..microsoft.session import Session
 
 # Findings that mean the tenant no longer matches what ESJ was set up for.
 DRIFT_CODES = {

@@ -13,10 +13,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import AccessDeniedError, AmbiguousWriteError, EsjProvisionError
-from .http import RetryPolicy
+from ..errors import AccessDeniedError, AmbiguousWriteError, EsjProvisionError
+from ..microsoft.http import RetryPolicy
+from ..models import State, WriteResult
 from .journal import Entry, Journal
-from .models import State, WriteResult
 
 AMBIGUOUS_WRITE_TRIES = 4  # as planning's: each resend follows a read-back and a backoff pause
 _resend_rng = random.Random()

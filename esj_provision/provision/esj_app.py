@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from .errors import EsjProvisionError, ServiceError
-from .graph import graph_error
+from ..errors import EsjProvisionError, ServiceError
+from ..microsoft.graph import graph_error
+from ..models import Inbound, Outbound, ServicePrincipal, State
 from .journal import Journal
-from .models import Inbound, Outbound, ServicePrincipal, State
-from .steps import Step, run_step
+from .writes import Step, run_step
 
 if TYPE_CHECKING:
-    from .session import Session
+    from ..microsoft.session import Session
 
 GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 EXCHANGE_APP_ID = "00000002-0000-0ff1-ce00-000000000000"

@@ -23,7 +23,7 @@ from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import (
+from ..errors import (
     AccessDeniedError,
     AmbiguousWriteError,
     AuthError,
@@ -31,15 +31,15 @@ from .errors import (
     MailboxNotEnabledForRestError,
     NotFoundError,
 )
-from .exchange import holds
+from ..microsoft.exchange import holds
+from ..models import DirectoryUser, Inbound, Outbound, Right, State
 from .journal import Entry, Journal
-from .models import DirectoryUser, Inbound, Outbound, Right, State
 
 if TYPE_CHECKING:
-    from .apps import AppIdentity
-    from .graph import LookupResult
-    from .session import Session
-    from .steps import Step
+    from ..microsoft.graph import LookupResult
+    from ..microsoft.session import Session
+    from .esj_app import AppIdentity
+    from .writes import Step
 
 Mode = Literal["onboard", "offboard", "audit"]
 PROPAGATION_NOTE = (
@@ -311,7 +311,7 @@ async def _check_smtp_auth(session: Session, plan: Plan) -> None:
 async def _check_trustee_app(session: Session, plan: Plan) -> None:
     """The app must have an enterprise application here; its Exchange registration, if any, must
     carry that object id. A wrong registration is explained, never changed behind the admin's back."""
-    from .apps import AppLookupError, cached_app, registration_step
+    from .esj_app import AppLookupError, cached_app, registration_step
 
     ref = plan.request.trustee
     try:
@@ -529,7 +529,7 @@ async def apply_delegation(session: Session, plan: Plan, d: Delegation, journal:
 
 async def _register_trustee_app(session: Session, plan: Plan, journal: Journal) -> bool:
     """Register the trustee app's Exchange service principal; False (grants marked) if that failed."""
-    from .apps import ensure_registered
+    from .esj_app import ensure_registered
 
     step = plan.sp_step
     assert step is not None and plan.app is not None

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, TextIO
 
-from .models import Right, State
-from .planning import PROPAGATION_NOTE, Plan
+from ..models import Right, State
+from ..provision.onboard import PROPAGATION_NOTE, Plan
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from .scoping import ScopePlan
-    from .steps import Step
+    from ..provision.scope import ScopePlan
+    from ..provision.writes import Step
 
 OUTCOME_TEXT = {
     "applied": "granted (pending propagation)",

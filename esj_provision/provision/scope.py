@@ -21,7 +21,9 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from .apps import (
+from ..errors import AccessDeniedError, AuthError, EsjProvisionError
+from ..models import Inbound, Outbound, State
+from .esj_app import (
     AppIdentity,
     AppLookupError,
     app_roles,
@@ -31,15 +33,13 @@ from .apps import (
     resolve_app,
     wider_than_mailboxes,
 )
-from .errors import AccessDeniedError, AuthError, EsjProvisionError
-from .models import Inbound, Outbound, State
-from .planning import Finding, gather_all
+from .onboard import Finding, gather_all
 from .powershell import quote
-from .steps import Step, run_step
+from .writes import Step, run_step
 
 if TYPE_CHECKING:
+    from ..microsoft.session import Session
     from .journal import Journal
-    from .session import Session
 
 READ_ROLE = "Application Mail.ReadWrite"
 SEND_ROLE = "Application Mail.Send"

@@ -21,18 +21,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..errors import AccessDeniedError, AuthError, ConfigError, EsjProvisionError, JournalError
+from ..models import State
+from ..provision.journal import Entry, Journal, open_intents
+from ..provision.onboard import OnboardRequest, Plan, run
 from . import manifest as manifest_mod
-from .errors import AccessDeniedError, AuthError, ConfigError, EsjProvisionError, JournalError
-from .journal import Entry, Journal, open_intents
 from .manifest import ManifestRow
-from .models import State
-from .planning import OnboardRequest, Plan, run
 
 if TYPE_CHECKING:
-    from .clouds import Cloud
-    from .esj_options import EsjOptionSet, Profile
-    from .graph import LookupResult
-    from .session import Session
+    from ..clouds import Cloud
+    from ..esj.options import EsjOptionSet, Profile
+    from ..microsoft.graph import LookupResult
+    from ..microsoft.session import Session
 
 CHUNK_ROWS = 100
 SHARD_SIZE = 25  # Genesys: no more than 25 mailboxes per E-mail Server instance
@@ -199,8 +199,8 @@ class OptionFiles:
             self._write(name)
 
     def _write(self, name: str) -> None:
-        from .esj_options import EsjRequest, build_options
-        from .output import render_cfg, write_output
+        from ..esj.options import EsjRequest, build_options
+        from ..esj.output import render_cfg, write_output
 
         rows = sorted(self._pending.pop(name), key=lambda r: r.line)
         self._expected.pop(name, None)

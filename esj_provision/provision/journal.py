@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import JournalError
+from ..errors import JournalError
 
 
 def default_journal_path() -> Path:

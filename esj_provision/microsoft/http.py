@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from .errors import AmbiguousWriteError, TransientError
+from ..errors import AmbiguousWriteError, TransientError
 
 if TYPE_CHECKING:
-    from .config import Settings
+    from ..config import Settings
     from .credentials import TokenProvider
 
-log = logging.getLogger("esj_provision.http")
+log = logging.getLogger(__name__)
 
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 WRITE_EXTENSION = "esj_write"

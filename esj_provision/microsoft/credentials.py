@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import Settings
-from .errors import AuthError, ConfigError
+from ..config import Settings
+from ..errors import AuthError, ConfigError
 
 # Refresh this long before expiry, so a token never lapses between check and use.
 REFRESH_MARGIN_S = 120.0

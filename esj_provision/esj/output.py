@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from .errors import ConfigError, EsjProvisionError, UsageError
+from ..errors import ConfigError, EsjProvisionError, UsageError
 
 if TYPE_CHECKING:
-    from .esj_options import EsjOption, EsjOptionSet
+    from .options import EsjOption, EsjOptionSet
 
 # Same rule as esj_options: anything that could split a line, or a control character.
 _BAD_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
@@ -146,7 +146,7 @@ def option_set_to_dict(option_set: EsjOptionSet) -> dict[str, Any]:
 
 def render_json(data: EsjOptionSet | Sequence[EsjOptionSet]) -> str:
     """One option set gives an object; a sequence gives an array (the input decides, not its length)."""
-    from .esj_options import EsjOptionSet
+    from .options import EsjOptionSet
 
     obj: Any = (
         option_set_to_dict(data) if isinstance(data, EsjOptionSet) else [option_set_to_dict(s) for s in data]

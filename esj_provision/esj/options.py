@@ -20,9 +20,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .clouds import CLOUD_NAMES, CLOUDS, Cloud
-from .errors import ConfigError, UsageError
-from .models import Inbound, Outbound, parse_address, parse_guid
+from ..clouds import CLOUD_NAMES, CLOUDS, Cloud
+from ..errors import ConfigError, UsageError
+from ..models import Inbound, Outbound, parse_address, parse_guid
 
 POP_CLIENT = "pop-client"
 SMTP_CLIENT = "smtp-client"
@@ -151,7 +151,7 @@ class EsjOptionSet:
         return None
 
     def as_dict(self) -> dict[str, dict[str, str]]:
-        """section -> option -> value, the shape :func:`esj_provision.output.parse_cfg` returns."""
+        """section -> option -> value, the shape :func:`esj_provision.esj.output.parse_cfg` returns."""
         out: dict[str, dict[str, str]] = {}
         for o in self.options:
             out.setdefault(o.section, {})[o.name] = o.value

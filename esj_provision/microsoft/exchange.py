@@ -5,7 +5,7 @@ module itself uses to run cmdlets. Microsoft does not document it for third part
 it at any time, which is why everything about it lives here: the URL, the headers, the envelope,
 paging, warnings and the error shapes (see shared/reference/exchange-and-graph.md §3-§4).
 
-Retries, throttling, tokens and pacing belong to :mod:`esj_provision.http`; this module only marks
+Retries, throttling, tokens and pacing belong to :mod:`esj_provision.microsoft.http`; this module only marks
 writes (so the transport never repeats one after a 5xx or a timeout) and turns answers into the
 project's errors and models.
 """
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
-from .errors import (
+from ..errors import (
     AccessDeniedError,
     AmbiguousWriteError,
     EsjProvisionError,
@@ -29,8 +29,7 @@ from .errors import (
     ThrottledError,
     TransientError,
 )
-from .http import WRITE_EXTENSION
-from .models import (
+from ..models import (
     CasMailbox,
     ExchangeMailbox,
     PermissionRow,
@@ -41,13 +40,14 @@ from .models import (
     is_address,
     is_guid,
 )
+from .http import WRITE_EXTENSION
 
 if TYPE_CHECKING:
     import httpx
 
     from .http import MicrosoftHttp
 
-log = logging.getLogger("esj_provision.exchange")
+log = logging.getLogger(__name__)
 
 # The arbitration mailbox the EXO module anchors organisation-level calls on.
 SYSTEM_MAILBOX = "SystemMailbox{bb558c35-97f1-4cb9-8ff7-d53741dc928c}"

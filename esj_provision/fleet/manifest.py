@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import ConfigError, ManifestError
-from .models import Inbound, Outbound, is_address, is_guid
+from ..errors import ConfigError, ManifestError
+from ..models import Inbound, Outbound, is_address, is_guid
 
 REQUIRED = ("mailbox", "trustee", "inbound", "outbound")
 OPTIONAL = ("send_as", "auto_response", "esj_instance")

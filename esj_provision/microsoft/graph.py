@@ -6,7 +6,7 @@ costs about 5 ms per entity (shared/reference/dependencies.md §6). The SDK is i
 :class:`GraphClient` first needs it, never at module import, so ``--help`` stays fast.
 
 The SDK is given the project's shared httpx client as is, without kiota's middleware: retries,
-throttling, pacing and tokens live in :mod:`esj_provision.http` alone.
+throttling, pacing and tokens live in :mod:`esj_provision.microsoft.http` alone.
 
 JSON batching (``$batch``) is sent as plain JSON through the same client: the SDK's batch API
 would parse every item into models, and per-item throttling needs handling here anyway.
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from .errors import (
+from ..errors import (
     AccessDeniedError,
     EsjProvisionError,
     MailboxNotEnabledForRestError,
@@ -32,15 +32,15 @@ from .errors import (
     ThrottledError,
     TransientError,
 )
+from ..models import DirectoryUser, ServicePrincipal
 from .http import RETRYABLE_STATUS, WEIGHT_EXTENSION, parse_retry_after
-from .models import DirectoryUser, ServicePrincipal
 
 if TYPE_CHECKING:
     import httpx
 
     from .http import MicrosoftHttp
 
-log = logging.getLogger("esj_provision.graph")
+log = logging.getLogger(__name__)
 
 USER_SELECT = ("id", "userPrincipalName", "mail", "displayName", "accountEnabled")
 SP_SELECT = ("id", "appId", "displayName")

@@ -1,0 +1,1 @@
+"""Many mailboxes at once: the manifest, bulk onboarding and the audit, over the provision part."""
