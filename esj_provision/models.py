@@ -150,6 +150,38 @@ class RecipientPermissionRow:
 
 
 @dataclass(frozen=True)
+class SendAsGrant:
+    """One row of the organisation-wide Send As listing of a trustee (``Get-RecipientPermission
+    -Trustee X`` without ``-Identity``): the recipient X can send as.
+
+    ``mailbox`` is the row's ``Identity``, which is how Exchange names the recipient (its Name,
+    not necessarily an address): join it with :attr:`ExchangeMailbox.identity` from
+    ``list_mailboxes``, not with a manifest address.
+    """
+
+    mailbox: str
+    trustee: str
+    access_rights: frozenset[str]
+    allow: bool
+    trustee_sid: str | None = None
+    is_inherited: bool = False
+
+    @property
+    def row(self) -> RecipientPermissionRow:
+        """The same grant as a per-mailbox row, for :func:`esj_provision.exchange.holds`."""
+        return RecipientPermissionRow(self.trustee, self.access_rights, self.allow, self.trustee_sid, self.is_inherited)
+
+
+@dataclass(frozen=True)
+class ManagementScope:
+    """A Get-ManagementScope row. The filter comes back in ``RecipientFilter``;
+    ``RecipientRestrictionFilter`` is only the parameter of New-/Set-ManagementScope."""
+
+    name: str
+    recipient_filter: str
+
+
+@dataclass(frozen=True)
 class CasMailbox:
     identity: str
     # None means "follow the organisation setting" (Exchange's $null).

@@ -205,3 +205,61 @@ def has_shape(actual: Any, example: Any) -> list[str]:
 
     walk(actual, example, "")
     return problems
+
+# Get-ManagementScope row. The filter property is RecipientFilter (Exchange's ManagementScope class
+# lists DatabaseFilter, Exclusive, RecipientFilter, RecipientRoot, ScopeRestrictionType,
+# ServerFilter; Microsoft365DSC's EXOManagementScope reads $scope.RecipientFilter).
+# RecipientRestrictionFilter is only the parameter of New-/Set-ManagementScope.
+MANAGEMENT_SCOPE_ROW: dict[str, Any] = {
+    "Name": "esj-2db3fd6d-47fc-4750-ace0-99b31d4ba2de",
+    "Identity": "esj-2db3fd6d-47fc-4750-ace0-99b31d4ba2de",
+    "RecipientRoot": None,
+    "RecipientFilter": "PrimarySmtpAddress -eq 'support@contoso.com'",
+    "ScopeRestrictionType": "RecipientScope",
+    "Exclusive": False,
+}
+
+# Get-RecipientPermission rows: property names as a 2026 app-only capture of the cmdlet lists them
+# (Identity, Trustee, AccessControlType, AccessRights, IsInherited, InheritanceType,
+# TrusteeSidString, PrimarySmtpAddress, TrusteeWithPrimarySmtpAddress); values invented.
+SEND_AS_ROWS_OF_TRUSTEE: list[dict[str, Any]] = [
+    {
+        "Identity": "support",
+        "Trustee": "esj-svc@contoso.com",
+        "AccessControlType": "Allow",
+        "AccessRights@odata.type": "#Collection(String)",
+        "AccessRights": ["SendAs"],
+        "IsInherited": False,
+        "InheritanceType": "None",
+        "TrusteeSidString": "S-1-5-21-1-2-3-1105",
+        "TrusteeWithPrimarySmtpAddress": "",
+    },
+    {
+        "Identity": "returns",
+        "Trustee": "esj-svc@contoso.com",
+        "AccessControlType": "Allow",
+        "AccessRights@odata.type": "#Collection(String)",
+        "AccessRights": ["SendAs"],
+        "IsInherited": False,
+        "InheritanceType": "None",
+        "TrusteeSidString": "S-1-5-21-1-2-3-1105",
+        "TrusteeWithPrimarySmtpAddress": "",
+    },
+]
+
+# Get-Mailbox row, reduced to names of the Get-EXOMailbox "Minimum" property set (Microsoft's
+# cmdlet-property-sets page), which Get-Mailbox's output carries too.
+MAILBOX_ROW: dict[str, Any] = {
+    "Identity": "support",
+    "Name": "support",
+    "Alias": "support",
+    "DisplayName": "Customer Support",
+    "UserPrincipalName": "support@contoso.onmicrosoft.com",
+    "PrimarySmtpAddress": "support@contoso.com",
+    "RecipientType": "UserMailbox",
+    "RecipientTypeDetails": "SharedMailbox",
+    "ExternalDirectoryObjectId": "87d349ed-44d7-43e1-9a83-5f2406dee5bd",
+    "Guid": "5b2c0c2e-3e0b-5e4a-9a57-7c3c0b8a0b11",
+    "EmailAddresses@odata.type": "#Collection(String)",
+    "EmailAddresses": ["SMTP:support@contoso.com", "smtp:support@contoso.onmicrosoft.com"],
+}

@@ -18,7 +18,10 @@ from msft_shapes import (
     INVOKE_NOT_FOUND,
     INVOKE_OK,
     MAILBOX_PERMISSION_ROWS,
+    MAILBOX_ROW,
+    MANAGEMENT_SCOPE_ROW,
     RECIPIENT_PERMISSION_ROW,
+    SEND_AS_ROWS_OF_TRUSTEE,
     TENANT,
     WARNING_ACE_MISSING,
     WARNING_ALREADY_PRESENT,
@@ -31,6 +34,7 @@ from esj_provision.errors import (
     ServiceError,
     ThrottledError,
     TransientError,
+    UsageError,
 )
 from esj_provision.microsoft import exchange as exchange_module
 from esj_provision.microsoft.exchange import (
@@ -43,7 +47,7 @@ from esj_provision.microsoft.exchange import (
     split_rights,
 )
 from esj_provision.microsoft.http import MicrosoftHttp, RetryPolicy
-from esj_provision.models import PermissionRow, RecipientPermissionRow
+from esj_provision.models import ManagementScope, PermissionRow, RecipientPermissionRow, SendAsGrant
 
 T = TypeVar("T")
 EXO = "https://outlook.office365.com"
@@ -734,3 +738,162 @@ def test_new_management_scope_that_exists_is_an_error() -> None:
 
     with pytest.raises(ServiceError, match="already exists"):
         run(go())
+
+
+# -- management scope (issue 11, defect 2) ---------------------------------------------------
+
+
+def test_management_scope_filter_is_read_from_recipient_filter() -> None:
+    router = respx.Router()
+    other = {**MANAGEMENT_SCOPE_ROW, "Name": "someone-else", "Identity": "someone-else", "RecipientFilter": "Alias -eq 'x'"}
+    route = router.post(URL).respond(200, json=ok([other, MANAGEMENT_SCOPE_ROW]))
+
+    async def go() -> Any:
+        exo, _, _ = client(router)
+        return await exo.get_management_scope(MANAGEMENT_SCOPE_ROW["Name"].upper())
+
+    scope = run(go())
+    assert scope == ManagementScope(MANAGEMENT_SCOPE_ROW["Name"], "PrimarySmtpAddress -eq 'support@contoso.com'")
+    assert sent(route)["CmdletInput"] == {"CmdletName": "Get-ManagementScope",
+                                          "Parameters": {"Identity": MANAGEMENT_SCOPE_ROW["Name"].upper()}}
+
+
+def test_management_scope_answered_with_other_scopes_only_is_none() -> None:
+    """Microsoft warns a Get- cmdlet may answer an unknown identity with every object."""
+    router = respx.Router()
+    router.post(URL).respond(200, json=ok([{**MANAGEMENT_SCOPE_ROW, "Name": "other", "Identity": "other"}]))
+
+    async def go() -> Any:
+        exo, _, _ = client(router)
+        return await exo.get_management_scope("esj-x")
+
+    assert run(go()) is None
+
+
+def test_management_scope_not_found_is_none() -> None:
+    router = respx.Router()
+    router.post(URL).respond(404, json=INVOKE_NOT_FOUND)
+
+    async def go() -> Any:
+        exo, _, _ = client(router)
+        return await exo.get_management_scope("esj-x")
+
+    assert run(go()) is None
+
+
+# -- organisation-wide listings --------------------------------------------------------------
+
+
+def test_send_as_grants_of_is_one_paged_listing_without_identity() -> None:
+    router = respx.Router()
+    next_link = f"{URL}?$skiptoken=p2"
+    second = router.post(next_link).respond(200, json=ok([SEND_AS_ROWS_OF_TRUSTEE[1]]))
+    first = router.post(URL).respond(200, json=ok([SEND_AS_ROWS_OF_TRUSTEE[0]], **{"@odata.nextLink": next_link}))
+
+    async def go() -> Any:
+        exo, _, _ = client(router)
+        return await exo.send_as_grants_of(SVC)
+
+    grants = run(go())
+    body = sent(first)
+    assert body == {"CmdletInput": {"CmdletName": "Get-RecipientPermission",
+                                    "Parameters": {"Trustee": SVC, "ResultSize": "Unlimited"}}}
+    assert sent(second) == body  # the same body re-POSTed to the nextLink
+    assert first.calls.last.request.headers["X-AnchorMailbox"] == f"UPN:{SYSTEM}@{TENANT}"
+    assert grants == [
+        SendAsGrant("support", SVC, frozenset({"SendAs"}), True, "S-1-5-21-1-2-3-1105", False),
+        SendAsGrant("returns", SVC, frozenset({"SendAs"}), True, "S-1-5-21-1-2-3-1105", False),
+    ]
+    assert holds([grants[0].row], [SVC])
+
+
+def test_send_as_listing_naming_two_trustees_is_refused() -> None:
+    router = respx.Router()
+    stranger = {**SEND_AS_ROWS_OF_TRUSTEE[1], "Trustee": "adele@contoso.com", "TrusteeSidString": "S-1-5-21-1-2-3-9"}
+    router.post(URL).respond(200, json=ok([SEND_AS_ROWS_OF_TRUSTEE[0], stranger]))
+
+    async def go() -> Any:
+        exo, _, _ = client(router)
+        return await exo.send_as_grants_of(SVC)
+
+    with pytest.raises(ServiceError, match="2 different trustees"):
+        run(go())
+
+
+def test_send_as_listing_with_a_failed_page_raises_never_a_partial_list() -> None:
+    router = respx.Router()
+    next_link = f"{URL}?$skiptoken=p2"
+    router.post(next_link).respond(404, json=INVOKE_NOT_FOUND)
+    router.post(URL).respond(200, json=ok([SEND_AS_ROWS_OF_TRUSTEE[0]], **{"@odata.nextLink": next_link}))
+
+    async def go() -> Any:
+        exo, _, _ = client(router)
+        return await exo.send_as_grants_of(SVC)
+
+    with pytest.raises(ServiceError, match="refusing to return a truncated list"):
+        run(go())
+
+
+def test_send_as_listing_cut_short_by_result_size_is_refused() -> None:
+    router = respx.Router()
+    warning = ("There are more results available than are currently displayed. To view them, increase the "
+               "value for the ResultSize parameter.")
+    router.post(URL).respond(200, json=ok([SEND_AS_ROWS_OF_TRUSTEE[0]], warnings=[warning]))
+
+    async def go() -> Any:
+        exo, _, _ = client(router)
+        return await exo.send_as_grants_of(SVC)
+
+    with pytest.raises(ServiceError, match="cut the listing short"):
+        run(go())
+
+
+@pytest.mark.parametrize("trustee", ["", "   "])
+def test_send_as_listing_needs_a_trustee(trustee: str) -> None:
+    router = respx.Router()
+    route = router.post(URL).respond(200, json=ok())
+
+    async def go() -> Any:
+        exo, _, _ = client(router)
+        return await exo.send_as_grants_of(trustee)
+
+    with pytest.raises(UsageError, match="no trustee"):
+        run(go())
+    assert not route.called
+
+
+def test_list_mailboxes_pages_by_recipient_type_details() -> None:
+    router = respx.Router()
+    next_link = f"{URL}?$skiptoken=p2"
+    user = {**MAILBOX_ROW, "Identity": "adele", "PrimarySmtpAddress": "adele@contoso.com",
+            "RecipientTypeDetails": "UserMailbox", "ExternalDirectoryObjectId": "e348ca23-439c-423d-a1ec-3c70a6ed08cd"}
+    second = router.post(next_link).respond(200, json=ok([user]))
+    first = router.post(URL).respond(200, json=ok([MAILBOX_ROW], **{"@odata.nextLink": next_link}))
+
+    async def go() -> Any:
+        exo, _, _ = client(router)
+        return await exo.list_mailboxes(("SharedMailbox", "UserMailbox"))
+
+    mailboxes = run(go())
+    assert sent(first) == sent(second) == {"CmdletInput": {"CmdletName": "Get-Mailbox", "Parameters": {
+        "RecipientTypeDetails": ["SharedMailbox", "UserMailbox"], "ResultSize": "Unlimited"}}}
+    assert [(m.identity, m.primary_smtp_address, m.recipient_type_details, m.external_directory_object_id)
+            for m in mailboxes] == [
+        ("support", "support@contoso.com", "SharedMailbox", "87d349ed-44d7-43e1-9a83-5f2406dee5bd"),
+        ("adele", "adele@contoso.com", "UserMailbox", "e348ca23-439c-423d-a1ec-3c70a6ed08cd"),
+    ]
+    assert mailboxes[0].email_addresses == ("SMTP:support@contoso.com", "smtp:support@contoso.onmicrosoft.com")
+
+
+@pytest.mark.parametrize("kinds", [(), ("",), ("SharedMailboxes",), ("SharedMailbox", "Nope")])
+def test_list_mailboxes_refuses_unknown_kinds(kinds: tuple[str, ...]) -> None:
+    router = respx.Router()
+    route = router.post(URL).respond(200, json=ok())
+
+    async def go() -> Any:
+        exo, _, _ = client(router)
+        return await exo.list_mailboxes(kinds)
+
+    with pytest.raises(UsageError, match="list_mailboxes"):
+        run(go())
+    assert not route.called

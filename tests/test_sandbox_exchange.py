@@ -228,7 +228,7 @@ def test_service_principal_rbac_flow(make_sandbox: MakeSandbox) -> None:
     # RBAC for Applications
     (scope,) = ok(c, "New-ManagementScope", Name="ESJ mailboxes",
                   RecipientRestrictionFilter="PrimarySmtpAddress -eq 'support@contoso.com' -or Alias -like 'bill*'")["value"]
-    assert scope["RecipientRestrictionFilter"].startswith("PrimarySmtpAddress")
+    assert "RecipientRestrictionFilter" not in scope and scope["RecipientFilter"].startswith("PrimarySmtpAddress")
     bad = c.invoke("New-ManagementScope", {"Name": "x", "RecipientRestrictionFilter": "PrimarySmtpAddress -eq"})
     assert bad.status_code == 400
     (ra,) = ok(c, "New-ManagementRoleAssignment", App=ESJ_SP_OBJECT_ID, Role="Application Mail.ReadWrite",

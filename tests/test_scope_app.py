@@ -107,6 +107,31 @@ def test_another_mailbox_extends_the_scope_only(cli: Cli, sb: Sandbox) -> None:
     assert all(v["in_scope"] for v in data["scope"]["verification"])
 
 
+def test_a_second_mailbox_keeps_the_first_in_scope_and_a_rerun_writes_nothing(cli: Cli, sb: Sandbox) -> None:
+    """Issue 11, defect 2: Get-ManagementScope returns the filter in RecipientFilter. Reading the
+    parameter name (RecipientRestrictionFilter) found nothing, so billing's onboarding replaced
+    support in the scope, and every re-run wrote the scope again."""
+    assert scoped(cli, sb, "support@contoso.com")[0].exit_code == 0
+    assert scoped(cli, sb, "billing@contoso.com")[0].exit_code == 0
+    client = SandboxClient(sb)
+    try:
+        for mailbox in ("support@contoso.com", "billing@contoso.com"):
+            rows = client.invoke("Test-ServicePrincipalAuthorization",
+                                 {"Identity": sb.esj_app_id, "Resource": mailbox}).json()["value"]
+            assert rows and all(r["InScope"] is True for r in rows), (mailbox, rows)
+        (row,) = client.invoke("Get-ManagementScope", {"Identity": scope_name(sb.esj_app_id)}).json()["value"]
+    finally:
+        client.close()
+    assert addresses_in(row["RecipientFilter"]) == ["support@contoso.com", "billing@contoso.com"]
+    mark = len(sb.calls())
+    for mailbox in ("support@contoso.com", "billing@contoso.com"):
+        r, data = scoped(cli, sb, mailbox)
+        assert r.exit_code == 0, r.stderr
+        assert all(v["in_scope"] for v in data["scope"]["verification"])
+    assert [c for c in sb.calls()[mark:] if c["cmdlet"] == "Set-ManagementScope"] == []
+    assert org_writes(sb, mark) == []
+
+
 def test_the_scope_really_confines_the_esj_app_once_the_tenant_wide_grant_is_gone(cli: Cli, sb: Sandbox) -> None:
     assert scoped(cli, sb, "support@contoso.com")[0].exit_code == 0
     client = SandboxClient(sb)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
@@ -28,13 +28,16 @@ from ..errors import (
     ServiceError,
     ThrottledError,
     TransientError,
+    UsageError,
 )
 from ..models import (
     CasMailbox,
     ExchangeMailbox,
+    ManagementScope,
     PermissionRow,
     RecipientPermissionRow,
     Right,
+    SendAsGrant,
     TransportConfig,
     WriteResult,
     is_address,
@@ -388,8 +391,32 @@ class ExchangeClient:
         ``anchor`` is the mailbox the cmdlet acts on (``None``: an organisation-level cmdlet).
         ``write`` marks a change so that the transport never repeats it after a 5xx or timeout;
         left as ``None`` it is derived from the verb (only Get-/Test-/Search- are reads).
+        """
+        rows: list[dict[str, Any]] = []
+        warnings: list[str] = []
+        request_id: str | None = None
+        async for page in self.pages(cmdlet, parameters, anchor=anchor, write=write):
+            request_id = request_id or page.request_id
+            rows.extend(page.rows)
+            warnings.extend(w for w in page.warnings if w not in warnings)
+        for w in warnings:
+            log.debug("%s warning: %s", cmdlet, w)
+        return InvokeResult(rows=rows, warnings=warnings, request_id=request_id)
+
+    async def pages(
+        self,
+        cmdlet: str,
+        parameters: Mapping[str, Any],
+        *,
+        anchor: str | None = None,
+        write: bool | None = None,
+    ) -> AsyncIterator[InvokeResult]:
+        """Run one cmdlet and yield each page as it arrives (its rows and warnings; the request id
+        is the first page's), so a long listing is parsed page by page and never held whole.
+
         Paging re-POSTs the same body to ``@odata.nextLink`` (it is not a GET) without pausing,
-        since the link expires within minutes.
+        since the link expires within minutes. A page that fails after others were read raises:
+        a short list must never pass for a full one.
         """
         is_write = write if write is not None else not cmdlet.startswith(READ_VERBS)
         body = json.dumps(
@@ -404,8 +431,6 @@ class ExchangeClient:
             "X-AnchorMailbox": self.anchor_for(anchor),
         }
         extensions = {WRITE_EXTENSION: True} if is_write else {}
-        rows: list[dict[str, Any]] = []
-        warnings: list[str] = []
         request_id: str | None = None
         url = self.url
         for page in range(1, MAX_PAGES + 1):
@@ -434,18 +459,19 @@ class ExchangeClient:
                     status_code=response.status_code,
                 )
             value = payload.get("value")
+            rows: list[dict[str, Any]] = []
             if isinstance(value, list):
-                rows.extend(r for r in value if isinstance(r, dict))
+                rows = [r for r in value if isinstance(r, dict)]
             elif isinstance(value, dict):
-                rows.append(value)
+                rows = [value]
+            warnings: list[str] = []
             for w in [*_warnings_from(payload), *_warnings_header(response.headers)]:
                 if w not in warnings:
                     warnings.append(w)
+            yield InvokeResult(rows=rows, warnings=warnings, request_id=request_id)
             link = payload.get("@odata.nextLink")
             if not link:
-                for w in warnings:
-                    log.debug("%s warning: %s", cmdlet, w)
-                return InvokeResult(rows=rows, warnings=warnings, request_id=request_id)
+                return
             url = self._next_url(str(link), cmdlet)
         raise ServiceError(
             f"{cmdlet}: more than {MAX_PAGES} pages; refusing to return a truncated list",
@@ -483,15 +509,7 @@ class ExchangeClient:
                 hint="check the address: Exchange has no mailbox with that identity",
                 request_id=result.request_id,
             )
-        row = result.rows[0]
-        addresses = row.get("EmailAddresses") or []
-        return ExchangeMailbox(
-            identity=str(row.get("Identity") or identity),
-            primary_smtp_address=str(row.get("PrimarySmtpAddress") or ""),
-            recipient_type_details=str(row.get("RecipientTypeDetails") or ""),
-            external_directory_object_id=_text(row.get("ExternalDirectoryObjectId")),
-            email_addresses=tuple(str(a) for a in ([addresses] if isinstance(addresses, str) else addresses)),
-        )
+        return _mailbox(result.rows[0], identity)
 
     async def get_cas_mailbox(self, identity: str) -> CasMailbox:
         result = await self.invoke("Get-CASMailbox", {"Identity": identity}, anchor=identity)
@@ -581,6 +599,72 @@ class ExchangeClient:
             done_markers=_NOT_PRESENT,
         )
 
+    # -- organisation-wide listings (bulk, audit) ----------------------------------------------
+
+    async def list_mailboxes(self, kinds: Sequence[str] = ("SharedMailbox",)) -> list[ExchangeMailbox]:
+        """Every mailbox whose RecipientTypeDetails is one of ``kinds``: one paged
+        ``Get-Mailbox -RecipientTypeDetails ... -ResultSize Unlimited`` (one request per 1,000 rows).
+
+        A list, not an iterator: callers join it with the Send As listing by identity. Each page is
+        reduced to :class:`ExchangeMailbox` (Identity, PrimarySmtpAddress, RecipientTypeDetails,
+        ExternalDirectoryObjectId, EmailAddresses) as it arrives, so only one page of Exchange's
+        wide rows (a couple of hundred properties each) is held at a time. No ``$select``: Microsoft
+        does not document it for InvokeCommand (it is only seen in the module's own traffic).
+        A failed page or a truncation warning raises; a short list never passes for a full one.
+        """
+        wanted = [k.strip() for k in kinds if k and k.strip()]
+        bad = [k for k in wanted if k.casefold() not in _MAILBOX_KINDS]
+        if not wanted or bad:
+            raise UsageError(
+                f"list_mailboxes: {', '.join(bad) if bad else 'no mailbox kind given'}",
+                hint=f"give RecipientTypeDetails values, e.g. {', '.join(sorted(_MAILBOX_KIND_NAMES))}",
+            )
+        params = {"RecipientTypeDetails": wanted, "ResultSize": "Unlimited"}
+        out: list[ExchangeMailbox] = []
+        async for page in self.pages("Get-Mailbox", params):
+            _refuse_truncated("Get-Mailbox", page)
+            out.extend(_mailbox(row) for row in page.rows)
+        return out
+
+    async def send_as_grants_of(self, trustee: str) -> list[SendAsGrant]:
+        """Every Send As grant of ``trustee`` in the organisation: one paged
+        ``Get-RecipientPermission -Trustee X -ResultSize Unlimited`` without ``-Identity``
+        (Microsoft's Example 1), instead of one read per mailbox.
+
+        When this listing cannot be trusted, callers fall back to per-mailbox
+        :meth:`get_recipient_permissions`:
+
+        - the trustee has SID history: Exchange matches ``-Trustee`` by SID, and Microsoft notes
+          that grants made under another of its SIDs are missed;
+        - the call or any page failed (this raises; it never returns a partial list);
+        - the trustee is a service principal, which is not a documented ``-Trustee``.
+
+        Rows naming more than one trustee SID mean Exchange did not filter by this trustee, and
+        raise rather than attribute other principals' grants to it.
+        """
+        if not trustee or not trustee.strip():
+            raise UsageError("send_as_grants_of: no trustee given")
+        params = {"Trustee": trustee.strip(), "ResultSize": "Unlimited"}
+        out: list[SendAsGrant] = []
+        sids: set[str] = set()
+        async for page in self.pages("Get-RecipientPermission", params):
+            _refuse_truncated("Get-RecipientPermission", page)
+            for raw in page.rows:
+                row = parse_recipient_permission_row(raw)
+                if row.trustee_sid:
+                    sids.add(row.trustee_sid.upper())
+                out.append(
+                    SendAsGrant(str(raw.get("Identity") or ""), row.trustee, row.access_rights, row.allow,
+                                row.trustee_sid, row.is_inherited)
+                )
+        if len(sids) > 1:
+            raise ServiceError(
+                f"Get-RecipientPermission -Trustee {trustee}: the listing names {len(sids)} different "
+                "trustees; refusing to attribute them to one",
+                hint="read Send As per mailbox instead",
+            )
+        return out
+
     # -- service principals and RBAC for Applications (org-level) -----------------------------
 
     async def get_service_principal(self, identity: str) -> dict[str, Any] | None:
@@ -613,13 +697,24 @@ class ExchangeClient:
             "New-ManagementScope", {"Name": name, "RecipientRestrictionFilter": recipient_filter}, anchor=None
         )
 
-    async def get_management_scope(self, name: str) -> dict[str, Any] | None:
-        """The scope's row (Name, RecipientRestrictionFilter, ...), or None if there is none."""
+    async def get_management_scope(self, name: str) -> ManagementScope | None:
+        """The scope named ``name``, or None if there is none.
+
+        Its filter is read from ``RecipientFilter``: that is the property Get-ManagementScope
+        returns (Exchange's ManagementScope class; Microsoft365DSC's EXOManagementScope reads it
+        too). ``RecipientRestrictionFilter`` is only the parameter name of New-/Set-ManagementScope;
+        reading it found nothing and made a second mailbox replace the first (issue 11, defect 2).
+        Only a row with that name counts: Microsoft warns that a Get- cmdlet may answer an identity
+        it does not know with every object.
+        """
         try:
             result = await self.invoke("Get-ManagementScope", {"Identity": name})
         except NotFoundError:
             return None
-        return result.rows[0] if result.rows else None
+        for row in result.rows:
+            if str(row.get("Name") or row.get("Identity") or "").casefold() == name.casefold():
+                return ManagementScope(str(row.get("Name") or name), str(row.get("RecipientFilter") or ""))
+        return None
 
     async def set_management_scope(self, name: str, recipient_filter: str) -> WriteResult:
         return await self._write(
@@ -642,6 +737,36 @@ class ExchangeClient:
         except NotFoundError:
             return []
         return result.rows
+
+
+# Get-Mailbox -RecipientTypeDetails values (Microsoft's Get-Mailbox page).
+_MAILBOX_KIND_NAMES = (
+    "DiscoveryMailbox", "EquipmentMailbox", "GroupMailbox", "LegacyMailbox", "LinkedMailbox",
+    "LinkedRoomMailbox", "RoomMailbox", "SchedulingMailbox", "SharedMailbox", "TeamMailbox", "UserMailbox",
+)
+_MAILBOX_KINDS = frozenset(k.casefold() for k in _MAILBOX_KIND_NAMES)
+# The warning Exchange adds when ResultSize cut a listing short.
+_TRUNCATED = ("more results available",)
+
+
+def _mailbox(row: Mapping[str, Any], identity: str = "") -> ExchangeMailbox:
+    addresses = row.get("EmailAddresses") or []
+    return ExchangeMailbox(
+        identity=str(row.get("Identity") or identity),
+        primary_smtp_address=str(row.get("PrimarySmtpAddress") or ""),
+        recipient_type_details=str(row.get("RecipientTypeDetails") or ""),
+        external_directory_object_id=_text(row.get("ExternalDirectoryObjectId")),
+        email_addresses=tuple(str(a) for a in ([addresses] if isinstance(addresses, str) else addresses)),
+    )
+
+
+def _refuse_truncated(cmdlet: str, page: InvokeResult) -> None:
+    if _has_marker(page.warnings, _TRUNCATED):
+        raise ServiceError(
+            f"{cmdlet}: Exchange cut the listing short ({page.warnings[0]}); refusing to return a truncated list",
+            hint="report this: ResultSize Unlimited should return every row",
+            request_id=page.request_id,
+        )
 
 
 def _warnings_from(payload: Mapping[str, Any]) -> list[str]:

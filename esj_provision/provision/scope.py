@@ -5,8 +5,9 @@ With inbound or outbound GRAPH, ESJ reads and sends as its app. A tenant-wide Gr
 Applications grants the same permissions on a management scope instead (reference §6):
 
 1. the app's Exchange service principal (``New-ServicePrincipal``, enterprise application object id);
-2. one management scope per ESJ app, ``esj-<client id>``, whose RecipientRestrictionFilter lists
-   the onboarded mailboxes (``PrimarySmtpAddress -eq '...' -or ...``), extended mailbox by mailbox;
+2. one management scope per ESJ app, ``esj-<client id>``, whose filter (written through
+   ``-RecipientRestrictionFilter``, read back as ``RecipientFilter``) lists the onboarded mailboxes
+   (``PrimarySmtpAddress -eq '...' -or ...``), extended mailbox by mailbox;
 3. the role assignments ``Application Mail.ReadWrite`` (inbound GRAPH) and ``Application
    Mail.Send`` (outbound GRAPH) with that scope as CustomResourceScope;
 4. verified with ``Test-ServicePrincipalAuthorization``, which bypasses Exchange's permission cache.
@@ -22,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import AccessDeniedError, AuthError, EsjProvisionError
-from ..models import Inbound, Outbound, State
+from ..models import Inbound, ManagementScope, Outbound, State
 from .esj_app import (
     AppIdentity,
     AppLookupError,
@@ -131,13 +132,13 @@ class ScopePlan:
         }
 
 
-def _scope_step(name: str, row: dict[str, Any] | None, mailbox: str, app_id: str) -> Step:
+def _scope_step(name: str, row: ManagementScope | None, mailbox: str, app_id: str) -> Step:
     if row is None:
         text = address_filter([mailbox])
         return Step("new-management-scope", f"management scope {name} (with {mailbox})",
                     f"New-ManagementScope -Name {quote(name)} -RecipientRestrictionFilter {quote(text)}",
                     key_mailbox=mailbox, key_trustee=app_id, current=State.ABSENT)
-    current = str(row.get("RecipientRestrictionFilter") or "")
+    current = row.recipient_filter
     if mailbox.lower() in {a.lower() for a in addresses_in(current)}:
         return Step("set-management-scope", f"management scope {name} covers {mailbox}", "# already covered",
                     key_mailbox=mailbox, key_trustee=app_id, current=State.PRESENT)
@@ -259,9 +260,7 @@ async def _apply_scope_step(session: Session, plan: ScopePlan, step: Step, journ
 
     async def covers() -> bool:
         row = await ex.get_management_scope(plan.scope)
-        return row is not None and plan.mailbox.lower() in {
-            a.lower() for a in addresses_in(str(row.get("RecipientRestrictionFilter") or ""))
-        }
+        return row is not None and plan.mailbox.lower() in {a.lower() for a in addresses_in(row.recipient_filter)}
 
     if step.op == "new-management-scope":
         text = address_filter([plan.mailbox])
@@ -270,7 +269,7 @@ async def _apply_scope_step(session: Session, plan: ScopePlan, step: Step, journ
     # Re-read just before writing: another run may have extended the scope since the plan was made,
     # and Set-ManagementScope replaces the whole filter.
     row = await ex.get_management_scope(plan.scope)
-    text = extended_filter(str((row or {}).get("RecipientRestrictionFilter") or ""), plan.mailbox)
+    text = extended_filter(row.recipient_filter if row is not None else "", plan.mailbox)
     await run_step(step, journal, lambda: ex.set_management_scope(plan.scope, text), covers)
 
 

@@ -426,8 +426,10 @@ def _sp_row(sp: ExoServicePrincipal) -> dict[str, Any]:
 
 
 def _scope_row(s: ManagementScope) -> dict[str, Any]:
+    # The filter is the property RecipientFilter (Exchange's ManagementScope class; Microsoft365DSC
+    # reads $scope.RecipientFilter). RecipientRestrictionFilter is only the New-/Set- parameter.
     return {
-        "Name": s.name, "Identity": s.name, "RecipientRestrictionFilter": s.filter,
+        "Name": s.name, "Identity": s.name, "RecipientFilter": s.filter, "RecipientRoot": None,
         "ScopeRestrictionType": "RecipientScope", "Exclusive": False,
     }
 
