@@ -19,7 +19,7 @@ from urllib.parse import unquote_plus
 
 from .tenant import EXCHANGE_APP_ID, EXCHANGE_RESOURCE, GRAPH_APP_ID, GRAPH_RESOURCE, App, Tenant
 from .tls import ClientCert
-from .tokens import TokenMint, split, verify_rsa
+from .tokens import TokenMint, signature_ok, unverified
 
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 REAL_AUTHORITY = "https://login.microsoftonline.com"
@@ -177,10 +177,9 @@ def _check_assertion(
     t: Tenant, creds: Credentials, assertion: str, client_id: str | None, audiences: set[str]
 ) -> tuple[App, dict[str, str]]:
     try:
-        jwt = split(assertion)
+        header, claims = unverified(assertion)
     except ValueError:
         raise _bad_assertion("Client assertion failed signature validation. The assertion is not a JWT.") from None
-    claims = jwt.claims
     iss, sub = claims.get("iss"), claims.get("sub")
     if not isinstance(iss, str) or iss != sub:
         raise _bad_assertion("Client assertion contains an invalid 'iss' or 'sub': both must be the client id.")
@@ -190,10 +189,10 @@ def _check_assertion(
     if app is None:
         raise _unknown_app(iss, t)
     cert = creds.certs.get(app.client_id)
-    if "x5t#S256" in jwt.header:
-        kind, thumb, expected = "x5t#S256", jwt.header["x5t#S256"], cert.x5t_s256 if cert else None
-    elif "x5t" in jwt.header:
-        kind, thumb, expected = "x5t", jwt.header["x5t"], cert.x5t if cert else None
+    if "x5t#S256" in header:
+        kind, thumb, expected = "x5t#S256", header["x5t#S256"], cert.x5t_s256 if cert else None
+    elif "x5t" in header:
+        kind, thumb, expected = "x5t", header["x5t"], cert.x5t if cert else None
     else:
         raise _bad_assertion("Client assertion is missing the x5t or x5t#S256 header.")
     # msal sends the thumbprint base64url WITH '=' padding; Entra accepts both spellings.
@@ -202,7 +201,7 @@ def _check_assertion(
             "The certificate with identifier used to sign the client assertion is not registered on "
             f"application. [Reason - The key was not found., Thumbprint of key used by client: '{thumb}']"
         )
-    if not verify_rsa(cert.public_key, str(jwt.header.get("alg")), jwt.signing_input, jwt.signature):
+    if not signature_ok(assertion, cert.public_key):
         raise _bad_assertion("Client assertion contains an invalid signature.")
     aud = claims.get("aud")
     if not isinstance(aud, str) or aud.rstrip("/").lower() not in audiences:
@@ -213,7 +212,7 @@ def _check_assertion(
         isinstance(nbf, (int, float)) and nbf > now + ASSERTION_SKEW
     ):
         raise _bad_assertion("Client assertion is not within its valid time range.")
-    return app, {"alg": str(jwt.header.get("alg")), "thumbprint": kind}
+    return app, {"alg": str(header.get("alg")), "thumbprint": kind}
 
 
 def _unknown_app(client_id: str, t: Tenant) -> EntraError:
