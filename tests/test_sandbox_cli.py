@@ -15,8 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from esj_provision.cli import app
-from esj_provision.errors import UsageError
-from esj_provision.sandbox import ENV_VARS, Sandbox
+from esj_provision.sandbox import ENV_VARS, Sandbox, SandboxError
 from esj_provision.sandbox.config import check_loopback, parse_latency
 
 
@@ -83,7 +82,7 @@ def test_cli_refuses_a_non_loopback_host(host: str) -> None:
 
 
 def test_sandbox_class_refuses_non_loopback() -> None:
-    with pytest.raises(UsageError):
+    with pytest.raises(SandboxError):
         Sandbox(host="0.0.0.0")
 
 
@@ -98,7 +97,7 @@ def test_latency_parsing_is_bounded() -> None:
     assert parse_latency("20-200") == (20, 200)
     assert parse_latency("0-999999") == (0, 10_000)
     for bad in ("x", "200-20", "-5"):
-        with pytest.raises(UsageError):
+        with pytest.raises(SandboxError):
             parse_latency(bad)
 
 
@@ -118,3 +117,26 @@ def test_max_runtime_stops_by_itself(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     assert "stopped" in proc.stderr
+
+
+def test_cli_reports_a_corrupt_state_file_as_a_config_error(tmp_path: Path) -> None:
+    state = tmp_path / "tenant.json"
+    state.write_text('{"version": 99}')
+    result = CliRunner().invoke(app, ["sandbox", "--state", str(state), "--dir", str(tmp_path / "d")])
+    assert result.exit_code == 1
+    assert "not a sandbox state file" in result.output
+
+
+def test_the_sandbox_never_imports_the_client_side() -> None:
+    """Architecture rule: the sandbox stands in for Microsoft, so it must not share code with the
+    client it tests (only the CLI's ``sandbox`` command joins the two)."""
+    import ast
+
+    import esj_provision.sandbox as pkg
+
+    offenders = []
+    for path in sorted(Path(pkg.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level > 1 or (node.module or "").startswith("esj_provision")):
+                offenders.append(f"{path.name}: from {'.' * node.level}{node.module or ''}")
+    assert offenders == []

@@ -117,9 +117,9 @@ def test_generated_mailboxes_are_cheap(make_sandbox: MakeSandbox) -> None:
 
 
 def test_a_corrupt_state_file_is_a_config_error(tmp_path: Path) -> None:
-    from esj_provision.errors import ConfigError
+    from esj_provision.sandbox import SandboxError
 
     state = tmp_path / "tenant.json"
     state.write_text('{"version": 99}')
-    with pytest.raises(ConfigError, match="not a sandbox state file"):
+    with pytest.raises(SandboxError, match="not a sandbox state file"):
         Sandbox(state_path=state)

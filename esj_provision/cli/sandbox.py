@@ -11,17 +11,20 @@ import os
 import re
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import typer
 
-from ..errors import ConfigError, EsjProvisionError
+from ..errors import ConfigError, EsjProvisionError, UsageError
 from . import app
 
 if TYPE_CHECKING:
-    from ..sandbox.config import SandboxConfig
+    from ..sandbox.config import SandboxConfig, SandboxError
     from ..sandbox.server import SandboxServer
+
+T = TypeVar("T")
 
 _SAFE = re.compile(r"^[A-Za-z0-9_./:@~+,=%\[\]-]*$")
 
@@ -75,7 +78,7 @@ async def _serve(cfg: SandboxConfig, env_file: Path | None) -> None:
         # Windows has no add_signal_handler; there Ctrl-C raises KeyboardInterrupt instead.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
-    server = SandboxServer(cfg)
+    server = _checked(SandboxServer, cfg)
     try:
         await server.start()
     except OSError as exc:
@@ -101,6 +104,21 @@ async def _serve(cfg: SandboxConfig, env_file: Path | None) -> None:
             env_file.unlink(missing_ok=True)  # a stale file would send the next waiter to a dead port
         await server.stop()
     sys.stderr.write("sandbox: stopped\n")
+
+
+def _translated(exc: SandboxError) -> EsjProvisionError:
+    """The sandbox's own error as the CLI's: a bad option is a usage error, a bad file a config error."""
+    kind = UsageError if exc.usage else ConfigError
+    return kind(exc.message, hint=exc.hint)
+
+
+def _checked(make: Callable[[SandboxConfig], T], cfg: SandboxConfig) -> T:
+    from ..sandbox.config import SandboxError
+
+    try:
+        return make(cfg)
+    except SandboxError as exc:
+        raise _translated(exc) from None
 
 
 @app.command("sandbox")
@@ -149,13 +167,13 @@ def sandbox(
         except OSError as exc:
             raise ConfigError(f"cannot read --client-secret-file {client_secret_file}: {exc.strerror}") from None
     secret = secret or os.environ.get(SECRET_ENV) or None
-    cfg = SandboxConfig(
+    cfg = _checked(lambda c: c.validate(), SandboxConfig(
         host=host, port=port, dir=dir, state_path=state, page_size=page_size, throttle_rps=throttle_rps,
         fault_rate=fault_rate, seed=seed, latency_ms=latency_ms,  # type: ignore[arg-type]
         token_lifetime=token_lifetime, mailboxes=mailboxes, client_secret=secret,
         pfx_password=pfx_password or os.environ.get(PFX_PASSWORD_ENV) or None, max_runtime=max_runtime,
         verbose=verbose,
-    ).validate()
+    ))
     if env_file is not None:
         env_file.unlink(missing_ok=True)  # waiters must see the NEW file, not a previous run's
     asyncio.run(_serve(cfg, env_file))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from .config import ENV_VARS, SandboxConfig
+from .config import ENV_VARS, SandboxConfig, SandboxError
 from .tenant import (
     DIRECTORY_ROLES,
     ESJ_APP_ID,
@@ -39,6 +39,7 @@ __all__ = [
     "TENANT_ID",
     "Sandbox",
     "SandboxConfig",
+    "SandboxError",
 ]
 
 

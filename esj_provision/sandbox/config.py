@@ -11,7 +11,20 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import UsageError
+
+class SandboxError(ValueError):
+    """A bad sandbox setting or state file. The sandbox never imports the client side, so it has its
+    own error; the CLI's ``sandbox`` command turns it into a usage (exit 2) or configuration error.
+    ``usage`` is False for a problem with a file rather than with an option."""
+
+    def __init__(self, message: str, *, hint: str | None = None, usage: bool = True) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.usage = usage
+
+    def __str__(self) -> str:
+        return self.message
 
 # The environment a client needs, in the order the CLI prints it.
 ENV_VARS = (
@@ -42,12 +55,12 @@ def check_loopback(host: str) -> str:
     try:
         addr = ipaddress.ip_address(h)
     except ValueError:
-        raise UsageError(
+        raise SandboxError(
             f"--host {host!r} is not a loopback address",
             hint="the sandbox listens on loopback only: use 127.0.0.1 (default), ::1 or localhost",
         ) from None
     if not addr.is_loopback:
-        raise UsageError(
+        raise SandboxError(
             f"--host {host!r} is not a loopback address",
             hint="the sandbox listens on loopback only: use 127.0.0.1 (default), ::1 or localhost",
         )
@@ -71,11 +84,11 @@ def parse_latency(value: str | int | tuple[int, int] | None) -> tuple[int, int]:
             else:
                 lo = hi = int(text)
         except ValueError:
-            raise UsageError(
+            raise SandboxError(
                 f"--latency-ms {value!r} is not N or MIN-MAX", hint="e.g. --latency-ms 50 or 20-200"
             ) from None
     if lo < 0 or hi < lo:
-        raise UsageError(f"--latency-ms {value!r}: need 0 <= MIN <= MAX")
+        raise SandboxError(f"--latency-ms {value!r}: need 0 <= MIN <= MAX")
     return (min(lo, MAX_LATENCY_MS), min(hi, MAX_LATENCY_MS))
 
 
@@ -101,20 +114,20 @@ class SandboxConfig:
     def validate(self) -> SandboxConfig:
         self.host = check_loopback(self.host)
         if not 0 <= self.port <= 65535:
-            raise UsageError(f"--port {self.port} is out of range 0..65535")
+            raise SandboxError(f"--port {self.port} is out of range 0..65535")
         if not 1 <= self.page_size <= MAX_PAGE_SIZE:
-            raise UsageError(f"--page-size must be 1..{MAX_PAGE_SIZE}")
+            raise SandboxError(f"--page-size must be 1..{MAX_PAGE_SIZE}")
         if self.throttle_rps is not None and (
             not math.isfinite(self.throttle_rps) or self.throttle_rps <= 0
         ):
-            raise UsageError("--throttle-rps must be a positive number")
+            raise SandboxError("--throttle-rps must be a positive number")
         if not 0.0 <= self.fault_rate <= 1.0:
-            raise UsageError("--fault-rate must be between 0 and 1")
+            raise SandboxError("--fault-rate must be between 0 and 1")
         if not 1 <= self.token_lifetime <= 86_400:
-            raise UsageError("--token-lifetime must be 1..86400 seconds")
+            raise SandboxError("--token-lifetime must be 1..86400 seconds")
         if not 0 <= self.mailboxes <= MAX_GENERATED_MAILBOXES:
-            raise UsageError(f"--mailboxes must be 0..{MAX_GENERATED_MAILBOXES}")
+            raise SandboxError(f"--mailboxes must be 0..{MAX_GENERATED_MAILBOXES}")
         if self.max_runtime is not None and self.max_runtime <= 0:
-            raise UsageError("--max-runtime must be positive")
+            raise SandboxError("--max-runtime must be positive")
         self.latency_ms = parse_latency(self.latency_ms)
         return self

@@ -32,9 +32,8 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
-from ..errors import ConfigError
 from . import entra, exchange, graph
-from .config import MAX_BODY_BYTES, MAX_CALL_LOG, SandboxConfig
+from .config import MAX_BODY_BYTES, MAX_CALL_LOG, SandboxConfig, SandboxError
 from .faults import Faults, parse_fault
 from .tenant import (
     DIRECTORY_ROLES,
@@ -129,9 +128,9 @@ class SandboxServer:
         try:
             self.tenant = Tenant.load_or_seed(cfg.state_path, cfg.mailboxes)
         except (ValueError, KeyError, TypeError) as exc:
-            raise ConfigError(
+            raise SandboxError(
                 f"--state {cfg.state_path} is not a sandbox state file ({exc})",
-                hint="delete it to start from the seeded tenant, or point --state elsewhere",
+                hint="delete it to start from the seeded tenant, or point --state elsewhere", usage=False,
             ) from None
         self.mint = TokenMint(cfg.token_lifetime)
         self.faults = Faults.create(cfg.seed, cfg.latency_ms, cfg.fault_rate, cfg.throttle_rps)
