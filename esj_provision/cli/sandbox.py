@@ -138,6 +138,17 @@ def sandbox(
     throttle_rps: float | None = typer.Option(
         None, "--throttle-rps", help="Requests per second per service (Graph, Exchange) before 429."
     ),
+    graph_rps: float | None = typer.Option(
+        None, "--graph-rps", help="Graph's own requests per second before 429 (overrides --throttle-rps)."
+    ),
+    exchange_rps: float | None = typer.Option(
+        None, "--exchange-rps", help="Exchange's own requests per second before 429 (overrides --throttle-rps)."
+    ),
+    outlook_concurrency: int = typer.Option(
+        0, "--outlook-concurrency",
+        help="Graph Outlook requests (mail, mailboxSettings) in flight per app before 429 ApplicationThrottled; "
+        "Microsoft's limit is 4, 0 is off.",
+    ),
     fault_rate: float = typer.Option(0.0, "--fault-rate", help="Probability (0-1) of a random 503/504/reset."),
     seed: int = typer.Option(0, "--seed", help="Seed for every random choice (faults, latency, batch order)."),
     page_size: int = typer.Option(1000, "--page-size", help="InvokeCommand rows per page before @odata.nextLink."),
@@ -169,6 +180,7 @@ def sandbox(
     secret = secret or os.environ.get(SECRET_ENV) or None
     cfg = _checked(lambda c: c.validate(), SandboxConfig(
         host=host, port=port, dir=dir, state_path=state, page_size=page_size, throttle_rps=throttle_rps,
+        graph_rps=graph_rps, exchange_rps=exchange_rps, outlook_concurrency=outlook_concurrency,
         fault_rate=fault_rate, seed=seed, latency_ms=latency_ms,  # type: ignore[arg-type]
         token_lifetime=token_lifetime, mailboxes=mailboxes, client_secret=secret,
         pfx_password=pfx_password or os.environ.get(PFX_PASSWORD_ENV) or None, max_runtime=max_runtime,

@@ -44,6 +44,7 @@ MAX_LATENCY_MS = 10_000  # a typo such as 50000 must not hang a CI job for minut
 MAX_CALL_LOG = 100_000
 MAX_GENERATED_MAILBOXES = 1_000_000
 MAX_PAGE_SIZE = 100_000
+MAX_OUTLOOK_CONCURRENCY = 1_000
 
 
 def check_loopback(host: str) -> str:
@@ -99,7 +100,10 @@ class SandboxConfig:
     dir: Path | None = None  # None: a temp dir, removed at stop
     state_path: Path | None = None  # None: state lives in memory only
     page_size: int = 1000
-    throttle_rps: float | None = None
+    throttle_rps: float | None = None  # both services, unless one of the two below is given
+    graph_rps: float | None = None
+    exchange_rps: float | None = None
+    outlook_concurrency: int = 0  # Outlook requests in flight per app id (Microsoft's: 4); 0 = no limit
     fault_rate: float = 0.0
     seed: int = 0
     latency_ms: tuple[int, int] = (0, 0)
@@ -111,16 +115,26 @@ class SandboxConfig:
     verbose: bool = False
     extra: dict[str, object] = field(default_factory=dict)
 
+    def rate(self, service: str) -> float | None:
+        """Requests per second the service admits before 429: its own flag, else --throttle-rps."""
+        own = {"graph": self.graph_rps, "exchange": self.exchange_rps}.get(service)
+        return own if own is not None else self.throttle_rps
+
     def validate(self) -> SandboxConfig:
         self.host = check_loopback(self.host)
         if not 0 <= self.port <= 65535:
             raise SandboxError(f"--port {self.port} is out of range 0..65535")
         if not 1 <= self.page_size <= MAX_PAGE_SIZE:
             raise SandboxError(f"--page-size must be 1..{MAX_PAGE_SIZE}")
-        if self.throttle_rps is not None and (
-            not math.isfinite(self.throttle_rps) or self.throttle_rps <= 0
-        ):
-            raise SandboxError("--throttle-rps must be a positive number")
+        for flag, rps in (("--throttle-rps", self.throttle_rps), ("--graph-rps", self.graph_rps),
+                          ("--exchange-rps", self.exchange_rps)):
+            if rps is not None and (not math.isfinite(rps) or rps <= 0):
+                raise SandboxError(f"{flag} must be a positive number")
+        if not 0 <= self.outlook_concurrency <= MAX_OUTLOOK_CONCURRENCY:
+            raise SandboxError(
+                f"--outlook-concurrency must be 0..{MAX_OUTLOOK_CONCURRENCY}",
+                hint="Microsoft's limit is 4 Outlook requests in flight per app; 0 turns the limit off",
+            )
         if not 0.0 <= self.fault_rate <= 1.0:
             raise SandboxError("--fault-rate must be between 0 and 1")
         if not 1 <= self.token_lifetime <= 86_400:

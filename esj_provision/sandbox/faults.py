@@ -95,11 +95,10 @@ class Faults:
     queue: list[QueuedFault] = field(default_factory=list)
 
     @classmethod
-    def create(cls, seed: int, latency_ms: tuple[int, int], fault_rate: float, throttle_rps: float | None) -> Faults:
-        buckets = {}
-        if throttle_rps:
-            # One bucket per service, as Graph and Exchange throttle independently.
-            buckets = {"graph": TokenBucket(throttle_rps), "exchange": TokenBucket(throttle_rps)}
+    def create(cls, seed: int, latency_ms: tuple[int, int], fault_rate: float,
+               rates: dict[str, float | None]) -> Faults:
+        # One bucket per service, as Graph and Exchange throttle independently.
+        buckets = {service: TokenBucket(rps) for service, rps in rates.items() if rps}
         return cls(random.Random(seed), latency_ms, fault_rate, buckets)
 
     def latency(self) -> float:

@@ -41,6 +41,9 @@ class Sandbox:
         state_path: str | Path | None = None,
         page_size: int = 1000,
         throttle_rps: float | None = None,
+        graph_rps: float | None = None,
+        exchange_rps: float | None = None,
+        outlook_concurrency: int = 0,
         fault_rate: float = 0.0,
         seed: int = 0,
         latency_ms: str | int | tuple[int, int] | None = None,
@@ -53,7 +56,8 @@ class Sandbox:
         cfg = SandboxConfig(
             host=host, port=port, dir=Path(dir) if dir is not None else None,
             state_path=Path(state_path) if state_path is not None else None, page_size=page_size,
-            throttle_rps=throttle_rps, fault_rate=fault_rate, seed=seed,
+            throttle_rps=throttle_rps, graph_rps=graph_rps, exchange_rps=exchange_rps,
+            outlook_concurrency=outlook_concurrency, fault_rate=fault_rate, seed=seed,
             latency_ms=latency_ms,  # type: ignore[arg-type]  # validate() normalises it
             token_lifetime=token_lifetime, mailboxes=mailboxes, client_secret=client_secret,
             pfx_password=pfx_password, verbose=verbose,

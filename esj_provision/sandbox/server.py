@@ -48,7 +48,7 @@ from .tenant import (
     mutate,
 )
 from .tls import Material, generate
-from .tokens import TokenMint, TokenProblem, b64url, b64url_decode
+from .tokens import TokenMint, TokenProblem, b64url, b64url_decode, unverified
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 # Typed request storage on aiohttp >= 3.12; a plain string key on older releases.
@@ -133,7 +133,10 @@ class SandboxServer:
                 hint="delete it to start from the seeded tenant, or point --state elsewhere", usage=False,
             ) from None
         self.mint = TokenMint(cfg.token_lifetime)
-        self.faults = Faults.create(cfg.seed, cfg.latency_ms, cfg.fault_rate, cfg.throttle_rps)
+        self.faults = Faults.create(
+            cfg.seed, cfg.latency_ms, cfg.fault_rate, {s: cfg.rate(s) for s in ("graph", "exchange")}
+        )
+        self.outlook = graph.OutlookLimit(cfg.outlook_concurrency)
         self.calls: deque[dict[str, Any]] = deque(maxlen=MAX_CALL_LOG)
         self.seq = 0
         # Real Entra secrets look like "abc8Q~..." : keep the '~' so clients meet it here first.
@@ -325,6 +328,48 @@ class SandboxServer:
         }
         request[_META] = meta
         started = time.monotonic()
+        outlook_app = self._outlook_app(request) if service == "graph" else None
+        if outlook_app is not None:
+            # The slot is held from arrival to answer (latency included), as a request in flight
+            # at Microsoft holds it; over the limit the answer is 429 at once.
+            if not self.outlook.take(outlook_app):
+                meta["fault"] = "outlook-concurrency"
+                body = graph.throttled_body(request_id, given_crid or request_id)
+                resp = _json(body, 429, {"Retry-After": str(graph.OUTLOOK_RETRY_AFTER)})
+                return self._finish(resp, meta, request_id, given_crid, started)
+            try:
+                return await self._serve(request, handler, meta, service, started)
+            finally:
+                self.outlook.give(outlook_app)
+        return await self._serve(request, handler, meta, service, started)
+
+    def _outlook_app(self, request: web.Request) -> str | None:
+        """The app id of a single Graph Outlook request when the Outlook limit is on (read from the
+        token unverified: a bad token is refused by the handler anyway, and holds no slot long)."""
+        if not self.outlook.limit:
+            return None
+        segs = graph.split_path(request.rel_url.raw_path[len("/graph"):])
+        if not graph.is_outlook(segs):
+            return None
+        token = request.headers.get("Authorization", "").partition(" ")[2].strip()
+        try:
+            return str(unverified(token)[1].get("appid") or "")
+        except ValueError:
+            return ""
+
+    def _finish(self, resp: web.Response, meta: dict[str, Any], request_id: str, given_crid: str | None,
+                started: float) -> web.Response:
+        resp.headers["request-id"] = request_id
+        resp.headers["client-request-id"] = given_crid or request_id
+        meta["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+        meta["status"] = resp.status
+        self._log(meta)
+        return resp
+
+    async def _serve(self, request: web.Request, handler: Handler, meta: dict[str, Any], service: str,
+                     started: float) -> web.StreamResponse:
+        """Latency, queued and random faults, the rate limit, then the handler."""
+        path, request_id, given_crid = meta["path"], meta["request_id"], meta["client_request_id"]
         delay = self.faults.latency()
         if delay:
             await asyncio.sleep(delay)
@@ -465,12 +510,30 @@ class SandboxServer:
                     "batch": {"request_id": rid, "id": item_id},
                 })
 
-            status, body, headers = graph.batch(
-                ctx, segs[0], raw, lambda: self.faults.take("graph"), self.faults.rng, log_item
-            )
+            status, body, headers = await self._batch(ctx, segs[0], raw, str(meta["app_id"] or ""), log_item)
         else:
             status, body, headers = graph.dispatch(ctx, request.method, segs, dict(request.query))
         return _json(body, status, headers)
+
+    async def _batch(self, ctx: graph.Ctx, version: str, raw: bytes, app_id: str,
+                     log_item: Callable[[str, str, str, int, bool], None]) -> graph.Response:
+        """A ``$batch``, with the Outlook limit: the batch holds up to four Outlook slots of its app
+        (fewer when other requests of the app are in flight) for one latency per wave of four."""
+        n = graph.outlook_items(raw) if self.outlook.limit else 0
+        if not n:
+            return graph.batch(ctx, version, raw, lambda: self.faults.take("graph"), self.faults.rng, log_item)
+        waves = -(-n // graph.OUTLOOK_BATCH_WAVE)
+        slots = min(graph.OUTLOOK_BATCH_WAVE, n, self.outlook.free(app_id))
+        self.outlook.take(app_id, slots)
+        try:
+            answer = graph.batch(ctx, version, raw, lambda: self.faults.take("graph"), self.faults.rng, log_item,
+                                 outlook_slots=slots)
+            hold = sum(self.faults.latency() for _ in range(waves))
+            if hold and slots:
+                await asyncio.sleep(hold)
+            return answer
+        finally:
+            self.outlook.give(app_id, slots)
 
     # --- Exchange -----------------------------------------------------------------------------
 
