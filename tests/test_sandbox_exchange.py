@@ -206,7 +206,7 @@ def test_send_as_lifecycle_with_warnings(make_sandbox: MakeSandbox) -> None:
     rows = ok(c, "Get-RecipientPermission", Identity="support@contoso.com")["value"]
     assert [r["Trustee"] for r in rows] == ["NT AUTHORITY\\SELF", "esj-svc@contoso.onmicrosoft.com"]
     by_trustee = ok(c, "Get-RecipientPermission", Trustee="esj-svc@contoso.com")["value"]
-    assert [r["Identity"] for r in by_trustee] == ["support"]
+    assert [r["Identity"] for r in by_trustee] == ["returns", "support"]  # returns: the seeded forgotten grant
     assert ok(c, "Remove-RecipientPermission", **params)["@adminapi.warnings"] == []
     assert ok(c, "Remove-RecipientPermission", **params)["@adminapi.warnings"] == [WARNING_ACE_MISSING]
 
@@ -293,10 +293,10 @@ def test_bulk_mailboxes_page_through_get_mailbox(make_sandbox: MakeSandbox) -> N
     sb, c = make_sandbox(mailboxes=300, page_size=100)
     rows, pages = c.invoke_all("Get-Mailbox", {"RecipientTypeDetails": "SharedMailbox", "ResultSize": "Unlimited"})
     addresses = [r["PrimarySmtpAddress"] for r in rows]
-    assert len(addresses) == len(set(addresses)) == 304 and pages == 4  # 4 seeded shared + 300
+    assert len(addresses) == len(set(addresses)) == 305 and pages == 4  # 5 seeded shared + 300
     assert addresses[-1] == "queue0300@contoso.com"
     cas, _ = c.invoke_all("Get-CASMailbox")
-    assert len(cas) == 308
+    assert len(cas) == 309
     (row,) = ok(c, "Get-Mailbox", Identity="queue0042")["value"]
     assert row["UserPrincipalName"] == "queue0042@contoso.onmicrosoft.com"
     assert ok(c, "Get-Mailbox", Identity=row["ExternalDirectoryObjectId"])["value"][0]["Alias"] == "queue0042"
@@ -353,3 +353,10 @@ def test_malformed_bodies_are_400(sandbox_client: SandboxClient) -> None:
         assert r.status_code == 400, raw
     big = sandbox_client.http.post(sandbox_client.invoke_url(), content=b"x" * (1024 * 1024 + 1), headers=h)
     assert big.status_code == 413
+
+
+def test_get_mailbox_refuses_an_unknown_recipient_type(make_sandbox: MakeSandbox) -> None:
+    _, c = make_sandbox()
+    r = c.invoke("Get-Mailbox", {"RecipientTypeDetails": ["SharedMailboxes"]})
+    assert r.status_code == 400
+    assert "SharedMailboxes" in r.text and "SharedMailbox, TeamMailbox, UserMailbox" in r.text

@@ -573,8 +573,20 @@ def rbac_permissions(t: Tenant, app_id: str, mailbox: Recipient) -> set[str]:
 # --- cmdlets ----------------------------------------------------------------------------------
 
 
+# Get-Mailbox -RecipientTypeDetails values (Microsoft's Get-Mailbox page).
+MAILBOX_TYPES = (
+    "DiscoveryMailbox", "EquipmentMailbox", "GroupMailbox", "LegacyMailbox", "LinkedMailbox", "LinkedRoomMailbox",
+    "RoomMailbox", "SchedulingMailbox", "SharedMailbox", "TeamMailbox", "UserMailbox",
+)
+
+
 def _get_mailbox(t: Tenant, p: Params) -> Result:
     types = {x.lower() for x in p.items("RecipientTypeDetails")}
+    for bad in sorted(types - {m.lower() for m in MAILBOX_TYPES}):
+        raise _enum_error(
+            "RecipientTypeDetails", bad, "Microsoft.Exchange.Data.Directory.Recipient.RecipientTypeDetails[]",
+            MAILBOX_TYPES,
+        )
     identity = p.text("Identity")
     if identity is not None:
         mbx = _mailbox(t, identity)

@@ -232,6 +232,8 @@ def _seed_recipients() -> list[Recipient]:
         ("77cd41f1-1bab-441c-a9e3-9fdadb819c52", "legacy", "Legacy Helpdesk", "SharedMailbox", False,
          {"rest_enabled": False}),
         ("2dedfc54-5585-41a5-b132-ac0c5743fcd4", "room1", "Conference Room 1", "RoomMailbox", False, {}),
+        # A mailbox that left ESJ; its grants did not (see _seed_grants).
+        ("c0a8e7f2-5b1d-4e3a-9f6c-2d7b8e4a1c90", "returns", "Returns", "SharedMailbox", False, {}),
     ]
     out = []
     for rid, (oid, name, display, rtype, enabled, extra) in enumerate(rows, start=1101):
@@ -280,13 +282,33 @@ class Tenant:
         self.assignments: list[RoleAssignment] = []
         self.next_rid = 5001
         self._reindex()
+        self._seed_grants()
+
+    def _seed_grants(self) -> None:
+        r"""Grants a real tenant has before esj-provision ever runs, each one a trap for the search
+        for unlisted grants (issue 15): only ``returns@`` may be reported for the ESJ account.
+
+        Every mailbox also lists NT AUTHORITY\SELF and the inherited admin rows (Allow and Deny)
+        in Get-MailboxPermission, computed in exchange.py. Grants through a mail-enabled security
+        group are not modelled: Exchange lists the group as the trustee, not its members, and
+        ``-Trustee <member>`` does not find them.
+        """
+        by_name = {r.name: r for r in self.seeded}
+        adele, svc, old = by_name["adele"], by_name["esj-svc"], by_name["old-svc"]
         # A pre-existing delegate, stored as two ACEs as Exchange sometimes shows it (same SID,
         # different rights): audits must not flag it, and parsers must cope with the duplicate.
-        adele = self.seeded[3]
-        self.mailbox_permissions[self.seeded[1].id] = [
+        self.mailbox_permissions[by_name["sales"].id] = [
             Ace(adele.sid, ["FullAccess"], "All", True),
             Ace(adele.sid, ["ReadPermission"], "None", True),
         ]
+        self.recipient_permissions[by_name["sales"].id] = [adele.sid]  # another trustee's Send As
+        # The forgotten grant: the ESJ account still opens and sends as a mailbox no manifest lists.
+        self.mailbox_permissions[by_name["returns"].id] = [Ace(svc.sid, ["FullAccess"], "All", False)]
+        self.recipient_permissions[by_name["returns"].id] = [svc.sid]
+        # An explicit Deny for the ESJ account: a row naming it that grants nothing.
+        self.mailbox_permissions[by_name["legacy"].id] = [Ace(svc.sid, ["FullAccess"], "All", True, deny=True)]
+        # A retired account's leftover Full Access on a listed mailbox: another trustee's grant.
+        self.mailbox_permissions[by_name["billing"].id] = [Ace(old.sid, ["FullAccess"], "All", False)]
 
     # --- directory ----------------------------------------------------------------------------
 
