@@ -581,8 +581,9 @@ MAILBOX_TYPES = (
 
 
 def _get_mailbox(t: Tenant, p: Params) -> Result:
-    types = {x.lower() for x in p.items("RecipientTypeDetails")}
-    for bad in sorted(types - {m.lower() for m in MAILBOX_TYPES}):
+    given = p.items("RecipientTypeDetails")
+    types = {x.lower() for x in given}
+    for bad in (x for x in given if x.lower() not in {m.lower() for m in MAILBOX_TYPES}):
         raise _enum_error(
             "RecipientTypeDetails", bad, "Microsoft.Exchange.Data.Directory.Recipient.RecipientTypeDetails[]",
             MAILBOX_TYPES,
