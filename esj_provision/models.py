@@ -140,7 +140,8 @@ class PermissionRow:
 
 @dataclass(frozen=True)
 class RecipientPermissionRow:
-    """One Get-RecipientPermission row (Send As). These rows carry no IsInherited/Deny fields."""
+    """One Get-RecipientPermission row (Send As). Allow or deny is ``AccessControlType`` (these rows
+    have no ``Deny`` field); ``IsInherited`` is there (a 2026 capture of the cmdlet's output)."""
 
     trustee: str
     access_rights: frozenset[str]

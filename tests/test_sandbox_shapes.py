@@ -51,7 +51,7 @@ def test_graph_user_and_user_purpose_forms(sandbox_client: SandboxClient) -> Non
         k: v for k, v in ms.GRAPH_USER.items() if k != "@odata.context"
     }
     fits(sandbox_client.graph("/v1.0/users/support@contoso.com/mailboxSettings/userPurpose").json(), ms.USER_PURPOSE_STRING)
-    fits(sandbox_client.graph("/v1.0/users/support@contoso.com/mailboxSettings").json(), ms.USER_PURPOSE_OBJECT)
+    fits(sandbox_client.graph("/beta/users/support@contoso.com/mailboxSettings").json(), ms.USER_PURPOSE_OBJECT)
 
 
 @pytest.mark.parametrize(

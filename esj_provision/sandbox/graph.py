@@ -308,12 +308,12 @@ def _user(ctx: Ctx, version: str, key: str, rest: list[str], query: dict[str, st
         r = _find_user(ctx, key)
         _need_mailbox(ctx, _READ_SETTINGS, r)
         _rest_enabled(r)
-        settings = _mailbox_settings(r)
+        settings = _mailbox_settings(r, version)
         if len(rest) == 1:
             return 200, {"@odata.context": f"{ctx_user}/mailboxSettings", **settings}, {}
         if len(rest) == 2 and rest[1] in settings:
             value = settings[rest[1]]
-            if rest[1] == "userPurpose":
+            if rest[1] == "userPurpose" and isinstance(value, dict):
                 value = value["value"]  # the property endpoint answers the plain string
             if isinstance(value, dict):
                 return 200, {"@odata.context": f"{ctx_user}/mailboxSettings/{rest[1]}", **value}, {}
@@ -350,14 +350,17 @@ def _rest_enabled(r: Recipient) -> None:
         )
 
 
-def _mailbox_settings(r: Recipient) -> dict[str, Any]:
+def _mailbox_settings(r: Recipient, version: str) -> dict[str, Any]:
+    # userPurpose: a plain enum string in v1.0 (the mailboxSettings resource's JSON representation),
+    # an object {"value": ...} in beta and in older examples; clients must read both.
+    purpose: Any = r.user_purpose if version == "v1.0" else {"value": r.user_purpose}
     return {
         "archiveFolder": f"AAMkAD{r.id.replace('-', '')[:16]}Archive",
         "timeZone": "UTC",
         "delegateMeetingMessageDeliveryOptions": "sendToDelegateOnly",
         "dateFormat": "yyyy-MM-dd",
         "timeFormat": "HH:mm",
-        "userPurpose": {"value": r.user_purpose},
+        "userPurpose": purpose,
         "automaticRepliesSetting": {
             "status": "disabled", "externalAudience": "all", "internalReplyMessage": "",
             "externalReplyMessage": "",
