@@ -3,6 +3,8 @@
 Pure functions over :class:`~.tenant.Tenant`; the HTTP layer (auth, paging links, faults) is in
 ``server.py``. Row and error shapes follow ../shared/reference/exchange-and-graph.md §3–§4; where
 Microsoft's wording is not known (e.g. the RBAC-denied message) the wording is ours and says so.
+``SHAPES.md`` beside this file lists every output property name with its source, and which ones
+stay unconfirmed.
 """
 
 from __future__ import annotations
@@ -355,6 +357,7 @@ def mailbox_row(r: Recipient) -> dict[str, Any]:
 def _perm_row(mbx: Recipient, user: str, sid: str, rights: list[str], *, deny: bool = False,
               inherited: bool = False, inheritance: str = "All") -> dict[str, Any]:
     # Rights come back comma-joined in ONE array element, as the live gateway sends them.
+    # InheritanceType is unconfirmed over REST (SHAPES.md).
     return _collections(
         {
             "Identity": mbx.name, "User": user, "AccessRights": [", ".join(rights)],
@@ -419,6 +422,8 @@ def _cas_row(r: Recipient) -> dict[str, Any]:
 
 
 def _sp_row(sp: ExoServicePrincipal) -> dict[str, Any]:
+    # AppId/ObjectId/DisplayName/Identity and ServiceId are seen in public material; Name, and the
+    # values of Identity and Name (the object id here), are unconfirmed (SHAPES.md).
     return {
         "AppId": sp.app_id, "ObjectId": sp.object_id, "DisplayName": sp.display_name,
         "Identity": sp.identity, "Name": sp.object_id, "ServiceId": sp.object_id,
@@ -435,6 +440,8 @@ def _scope_row(s: ManagementScope) -> dict[str, Any]:
 
 
 def _assignment_row(t: Tenant, a: RoleAssignment) -> dict[str, Any]:
+    # Names from a 2026 capture and Microsoft365DSC; RecipientWriteScope's values for an app
+    # assignment are unconfirmed (SHAPES.md).
     assignee = t.render(a.app_sid)
     return {
         "Name": a.name, "Identity": a.name, "Role": a.role, "RoleAssignee": assignee,
