@@ -169,7 +169,7 @@ class SendAsGrant:
 
     @property
     def row(self) -> RecipientPermissionRow:
-        """The same grant as a per-mailbox row, for :func:`esj_provision.exchange.holds`."""
+        """The same grant as a per-mailbox row, for :func:`esj_provision.microsoft.exchange.holds`."""
         return RecipientPermissionRow(self.trustee, self.access_rights, self.allow, self.trustee_sid, self.is_inherited)
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from esj_provision.config import load_settings
-from esj_provision.exchange import ExchangeClient, holds
+from esj_provision.microsoft.exchange import ExchangeClient, holds
+from esj_provision.microsoft.session import Session
 from esj_provision.sandbox import Sandbox
-from esj_provision.session import Session
 
 T = TypeVar("T")
 SVC = "esj-svc@contoso.com"
