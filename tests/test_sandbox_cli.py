@@ -70,6 +70,10 @@ def test_cli_serves_then_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     assert proc.returncode == 0, err
     assert "export AZURE_CLIENT_SECRET='from-a-file~secret'" in out
     assert "throwaway secret" in out
+    # ESJ's own secret and password: in the env file, never in the banner.
+    assert env["ESJ_PROVISION_ESJ_PASSWORD"] and env["ESJ_PROVISION_ESJ_PASSWORD"] not in out + err
+    assert env["ESJ_PROVISION_ESJ_CLIENT_SECRET"] not in out + err
+    assert f"IMAP {env['ESJ_PROVISION_IMAP_ENDPOINT']} (TLS)" in out
     assert not env_file.exists()  # a stale file would send the next waiter to a dead port
     assert not Path(ca).parent.exists()  # the temp dir is removed
 
@@ -79,6 +83,31 @@ def test_cli_refuses_a_non_loopback_host(host: str) -> None:
     result = CliRunner().invoke(app, ["sandbox", "--host", host])
     assert result.exit_code == 2
     assert "loopback" in result.output
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [(["--propagation-s", "-1"], "--propagation-s"), (["--propagation-s", "nan"], "--propagation-s"),
+     (["--propagation-s", "100000"], "--propagation-s"), (["--imap-port", "70000"], "--imap-port"),
+     (["--smtp-port", "-2"], "--smtp-port")],
+)
+def test_cli_refuses_bad_mail_options(args: list[str], needle: str) -> None:
+    result = CliRunner().invoke(app, ["sandbox", *args])
+    assert result.exit_code == 2
+    assert needle in result.output
+
+
+def test_fixed_mail_ports_and_propagation(tmp_path: Path) -> None:
+    import socket
+
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    with Sandbox(imap_port=ports[0], smtp_port=ports[1], propagation_s=5) as sb:
+        assert (sb.imap_port, sb.smtp_port) == (ports[0], ports[1])
+        assert sb.propagation() == {"seconds": 5.0, "pending": []}
 
 
 def test_sandbox_class_refuses_non_loopback() -> None:

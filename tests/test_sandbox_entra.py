@@ -139,7 +139,7 @@ def _form(sb: Sandbox, **over: str) -> dict[str, str]:
         ({"scope": "https://management.azure.com/.default"}, None, 400, "invalid_resource", 500011),
         ({"client_secret": "<omit>"}, None, 401, "invalid_client", 7000218),
         ({"scope": "<omit>"}, None, 400, "invalid_request", 900144),
-        ({"grant_type": "password"}, None, 400, "unsupported_grant_type", 70003),
+        ({"grant_type": "authorization_code"}, None, 400, "unsupported_grant_type", 70003),
     ],
     ids=["wrong-secret", "unknown-app", "unknown-tenant", "no-default", "unknown-resource", "no-credential",
          "no-scope", "grant-type"],

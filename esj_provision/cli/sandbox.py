@@ -50,7 +50,9 @@ def _write_env_file(path: Path, env: dict[str, str]) -> None:
 
 
 def _banner(server: SandboxServer) -> str:
-    env = server.env()
+    from ..sandbox.config import ENV_FILE_ONLY
+
+    env = {k: v for k, v in {**server.env(), **server.esj_env()}.items() if k not in ENV_FILE_ONLY}
     m = server.material
     assert m is not None
     lines = [
@@ -59,7 +61,11 @@ def _banner(server: SandboxServer) -> str:
         *(f"export {k}={shlex.quote(v)}" for k, v in env.items()),
         f"# certificate sign-in: {m.cert_path} (thumbprint {m.client_cert.sha1_hex}),",
         f"#   or {m.pfx_path} with the password in {m.pfx_password_path}",
-        f"# control API: {server.url}/_sandbox/ (state, calls, faults, mutate)",
+        f"# ESJ: app {env['ESJ_PROVISION_ESJ_CLIENT_ID']}, service account esj-svc@contoso.com; their secret and "
+        "password are in --env-file only",
+        f"# mail: IMAP {env['ESJ_PROVISION_IMAP_ENDPOINT']} (TLS), SMTP {env['ESJ_PROVISION_SMTP_ENDPOINT']} (STARTTLS), "
+        f"EWS {env['ESJ_PROVISION_EWS_ENDPOINT']}; new grants reach them after {server.prop.delay:g} s",
+        f"# control API: {server.url}/_sandbox/ (state, calls, faults, mutate, sent)",
     ]
     return "\n".join(lines) + "\n"
 
@@ -91,7 +97,7 @@ async def _serve(cfg: SandboxConfig, env_file: Path | None) -> None:
         sys.stdout.write(_banner(server))
         sys.stdout.flush()
         if env_file is not None:
-            _write_env_file(env_file, server.env())
+            _write_env_file(env_file, {**server.env(), **server.esj_env()})
         sys.stderr.write("sandbox: serving; Ctrl-C or SIGTERM stops it\n")
         sys.stderr.flush()
         assert server.done is not None
@@ -164,6 +170,12 @@ def sandbox(
         None, "--pfx-password", help="Password of provisioning-app.pfx (default: $ESJ_SANDBOX_PFX_PASSWORD or random)."
     ),
     max_runtime: float | None = typer.Option(None, "--max-runtime", help="Stop by itself after this many seconds."),
+    imap_port: int = typer.Option(0, "--imap-port", help="IMAP (implicit TLS) port; 0 picks a free one."),
+    smtp_port: int = typer.Option(0, "--smtp-port", help="SMTP submission (STARTTLS) port; 0 picks a free one."),
+    propagation_s: float = typer.Option(
+        0.0, "--propagation-s",
+        help="Seconds before a new grant (Full Access, Send As, RBAC, EWS allow-list) reaches IMAP/SMTP/EWS/Graph.",
+    ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log every request to stderr."),
 ) -> None:
     """Run a local HTTPS stand-in for Entra ID, Microsoft Graph and Exchange Online (a sample tenant)."""
@@ -184,7 +196,7 @@ def sandbox(
         fault_rate=fault_rate, seed=seed, latency_ms=latency_ms,  # type: ignore[arg-type]
         token_lifetime=token_lifetime, mailboxes=mailboxes, client_secret=secret,
         pfx_password=pfx_password or os.environ.get(PFX_PASSWORD_ENV) or None, max_runtime=max_runtime,
-        verbose=verbose,
+        imap_port=imap_port, smtp_port=smtp_port, propagation_s=propagation_s, verbose=verbose,
     ))
     if env_file is not None:
         env_file.unlink(missing_ok=True)  # waiters must see the NEW file, not a previous run's

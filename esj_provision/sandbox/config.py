@@ -26,8 +26,8 @@ class SandboxError(ValueError):
     def __str__(self) -> str:
         return self.message
 
-# The environment a client needs, in the order the CLI prints it.
-ENV_VARS = (
+# The environment a client needs (``sb.env``), in the order the CLI prints it.
+CLIENT_ENV_VARS = (
     "AZURE_TENANT_ID",
     "AZURE_CLIENT_ID",
     "AZURE_CLIENT_SECRET",
@@ -36,6 +36,19 @@ ENV_VARS = (
     "ESJ_PROVISION_EXCHANGE_ENDPOINT",
     "ESJ_PROVISION_CA_BUNDLE",
 )
+# What ESJ itself signs in with, and where its mail protocols are (``sb.esj_env``; the probe reads
+# these). Kept apart in-process: ESJ_PROVISION_ESJ_CLIENT_ID is also onboard's --esj-client-id.
+ESJ_ENV_VARS = (
+    "ESJ_PROVISION_ESJ_CLIENT_ID",
+    "ESJ_PROVISION_ESJ_CLIENT_SECRET",
+    "ESJ_PROVISION_ESJ_PASSWORD",
+    "ESJ_PROVISION_IMAP_ENDPOINT",
+    "ESJ_PROVISION_SMTP_ENDPOINT",
+    "ESJ_PROVISION_EWS_ENDPOINT",
+)
+ENV_VARS = CLIENT_ENV_VARS + ESJ_ENV_VARS  # everything --env-file holds
+# Shown in the env file only, never in the banner (the sandbox's own throwaway secrets).
+ENV_FILE_ONLY = ("ESJ_PROVISION_ESJ_CLIENT_SECRET", "ESJ_PROVISION_ESJ_PASSWORD")
 SECRET_ENV = "ESJ_SANDBOX_CLIENT_SECRET"
 PFX_PASSWORD_ENV = "ESJ_SANDBOX_PFX_PASSWORD"
 
@@ -45,6 +58,7 @@ MAX_CALL_LOG = 100_000
 MAX_GENERATED_MAILBOXES = 1_000_000
 MAX_PAGE_SIZE = 100_000
 MAX_OUTLOOK_CONCURRENCY = 1_000
+MAX_PROPAGATION_S = 86_400.0  # Exchange's longest published delay (EwsAllowedAppIDs): 24 hours
 
 
 def check_loopback(host: str) -> str:
@@ -112,6 +126,10 @@ class SandboxConfig:
     client_secret: str | None = None  # None: random per start
     pfx_password: str | None = None  # None: random per start
     max_runtime: float | None = None
+    imap_port: int = 0
+    smtp_port: int = 0
+    propagation_s: float = 0.0  # how long a new grant takes to reach the mail protocols
+    esj_password: str | None = None  # the ESJ service account's; None: random per start
     verbose: bool = False
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -122,8 +140,11 @@ class SandboxConfig:
 
     def validate(self) -> SandboxConfig:
         self.host = check_loopback(self.host)
-        if not 0 <= self.port <= 65535:
-            raise SandboxError(f"--port {self.port} is out of range 0..65535")
+        for flag, port in (("--port", self.port), ("--imap-port", self.imap_port), ("--smtp-port", self.smtp_port)):
+            if not 0 <= port <= 65535:
+                raise SandboxError(f"{flag} {port} is out of range 0..65535")
+        if not (math.isfinite(self.propagation_s) and 0 <= self.propagation_s <= MAX_PROPAGATION_S):
+            raise SandboxError(f"--propagation-s must be 0..{MAX_PROPAGATION_S:g} seconds")
         if not 1 <= self.page_size <= MAX_PAGE_SIZE:
             raise SandboxError(f"--page-size must be 1..{MAX_PAGE_SIZE}")
         for flag, rps in (("--throttle-rps", self.throttle_rps), ("--graph-rps", self.graph_rps),

@@ -1,5 +1,6 @@
-"""Entra ID's v2.0 endpoints for app-only sign-in: OIDC metadata and the client-credentials token
-endpoint, with secret (form or HTTP Basic) and certificate (client assertion) authentication.
+"""Entra ID's v2.0 endpoints: OIDC metadata and the token endpoint, for client credentials (secret
+in the form or HTTP Basic, or a certificate's client assertion) and for a user's password (ROPC,
+``grant_type=password``: how ESJ signs its service account in, probe-protocols.md §3).
 
 Error bodies follow Entra's shape (reference §1): ``error``, ``error_description`` starting with
 ``AADSTSnnnn:``, ``error_codes``, ``timestamp``, ``trace_id``, ``correlation_id``.
@@ -13,14 +14,15 @@ import hmac
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote_plus
 
-from .tenant import EXCHANGE_APP_ID, EXCHANGE_RESOURCE, GRAPH_APP_ID, GRAPH_RESOURCE, App, Tenant
+from .tenant import EXCHANGE_APP_ID, EXCHANGE_RESOURCE, GRAPH_APP_ID, GRAPH_RESOURCE, App, Recipient, Tenant
 from .tls import ClientCert
 from .tokens import TokenMint, signature_ok, unverified
 
+OUTLOOK_OFFICE = "https://outlook.office.com"
 JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 REAL_AUTHORITY = "https://login.microsoftonline.com"
 ASSERTION_SKEW = 300  # Entra tolerates five minutes of clock skew on assertions
@@ -32,6 +34,9 @@ RESOURCES: dict[str, str] = {
     GRAPH_APP_ID: GRAPH_RESOURCE,
     EXCHANGE_RESOURCE: EXCHANGE_RESOURCE,
     EXCHANGE_APP_ID: EXCHANGE_RESOURCE,
+    # ESJ's default scope. Entra knows Exchange Online under both names; the token keeps the name
+    # asked for as its audience (unconfirmed: treated as the same resource by the mail protocols).
+    OUTLOOK_OFFICE: OUTLOOK_OFFICE,
 }
 _RESERVED_SCOPES = {"openid", "profile", "offline_access", "email"}
 
@@ -42,6 +47,7 @@ class Credentials:
 
     secrets: dict[str, str]
     certs: dict[str, ClientCert]
+    passwords: dict[str, str] = field(default_factory=dict)  # user object id -> password
 
 
 class EntraError(Exception):
@@ -120,7 +126,7 @@ def instance_discovery(base: str, host: str) -> dict[str, Any]:
 class Issued:
     body: dict[str, Any]
     client_id: str
-    grant: str  # client_secret / client_assertion
+    grant: str  # client_secret / client_assertion / password
     resource: str
     assertion: dict[str, str] | None = None  # alg and thumbprint header of a client assertion
 
@@ -245,10 +251,13 @@ def issue_token(
     if not t.is_tenant(segment):
         raise unknown_tenant(segment)
     grant_type = form.get("grant_type")
+    if grant_type == "password":
+        return _password_grant(t, creds, mint, form, authorization)
     if grant_type != "client_credentials":
         raise EntraError(
             400, "unsupported_grant_type", 70003,
-            f"The app requested an unsupported grant type '{grant_type}'. The sandbox serves client_credentials only.",
+            f"The app requested an unsupported grant type '{grant_type}'. The sandbox serves client_credentials "
+            "and password only.",
         )
     basic = _basic(authorization)
     assertion = form.get("client_assertion")
@@ -279,13 +288,7 @@ def issue_token(
                 401, "invalid_client", 7000218,
                 "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
             )
-        expected = creds.secrets.get(app.client_id)
-        if expected is None or not hmac.compare_digest(secret.encode(), expected.encode()):
-            raise EntraError(
-                401, "invalid_client", 7000215,
-                "Invalid client secret provided. Ensure the secret being sent in the request is the client "
-                f"secret value, not the client secret ID, for a secret added to app '{app.client_id}'.",
-            )
+        _client_secret(app, creds, secret)
         grant = "client_secret"
     resource = _resource(form.get("scope"))
     issuer = f"https://sts.windows.net/{t.tenant_id}/"
@@ -302,3 +305,95 @@ def issue_token(
     token, lifetime = mint.issue(claims)
     body = {"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": token}
     return Issued(body, app.client_id, grant, resource, assertion_info)
+
+
+def _client_secret(app: App, creds: Credentials, secret: str | None) -> None:
+    expected = creds.secrets.get(app.client_id)
+    if secret is None or expected is None or not hmac.compare_digest(secret.encode(), expected.encode()):
+        raise EntraError(
+            401, "invalid_client", 7000215,
+            "Invalid client secret provided. Ensure the secret being sent in the request is the client "
+            f"secret value, not the client secret ID, for a secret added to app '{app.client_id}'.",
+        )
+
+
+def _delegated_scopes(app: App, scope: str | None) -> tuple[str, list[str]]:
+    """(audience, consented permission names) for a ROPC ``scope``: ``<resource>/.default`` (every
+    consented permission) or ``<resource>/<Permission>`` items of one resource."""
+    wanted = [s for s in (scope or "").split() if s.lower() not in _RESERVED_SCOPES]
+    if not wanted:
+        raise EntraError(400, "invalid_request", 900144, "The request body must contain the following parameter: 'scope'.")
+    auds, names = set(), []
+    for s in wanted:
+        resource, _, perm = s.rpartition("/")
+        aud = RESOURCES.get(resource.rstrip("/").lower())
+        if aud is None or not perm:
+            raise EntraError(400, "invalid_scope", 70011, f"The provided value for the input parameter 'scope' is not valid. The scope {s} is not valid.")
+        auds.add(aud)
+        names.append(perm)
+    if len(auds) != 1:
+        raise EntraError(400, "invalid_scope", 28000, "Provided value for the input parameter scope is not valid "
+                         "because it contains more than one resource.")
+    aud = auds.pop()
+    consented = app.delegated_for(aud)
+    granted = consented if ".default" in names else [n for n in names if n in consented]
+    if not granted or (".default" not in names and len(granted) != len(names)):
+        raise EntraError(
+            400, "invalid_grant", 65001,
+            f"The user or administrator has not consented to use the application with ID '{app.client_id}' named "
+            f"'{app.display_name}'. Send an interactive authorization request for this user and resource.",
+        )
+    return aud, granted
+
+
+def _password_grant(
+    t: Tenant, creds: Credentials, mint: TokenMint, form: Mapping[str, str], authorization: str | None
+) -> Issued:
+    """ROPC (✅ ROPC doc): a confidential client must send its secret; a public client (the app's
+    "Allow public client flows") may send none, else AADSTS7000218."""
+    basic = _basic(authorization)
+    client_id = basic[0] if basic else form.get("client_id")
+    if not client_id:
+        raise EntraError(400, "invalid_request", 900144, "The request body must contain the following parameter: 'client_id'.")
+    app = t.find_app(client_id)
+    if app is None:
+        raise _unknown_app(client_id, t)
+    secret = basic[1] if basic else form.get("client_secret")
+    if secret:
+        _client_secret(app, creds, secret)
+    elif not app.public_client:
+        raise EntraError(
+            401, "invalid_client", 7000218,
+            "The request body must contain the following parameter: 'client_assertion' or 'client_secret'.",
+        )
+    for name in ("username", "password"):
+        if not form.get(name):
+            raise EntraError(400, "invalid_request", 900144,
+                             f"The request body must contain the following parameter: '{name}'.")
+    user = _user_for_sign_in(t, form["username"])
+    expected = creds.passwords.get(user.id) if user else None
+    if user is None or expected is None or not hmac.compare_digest(form["password"].encode(), expected.encode()):
+        raise EntraError(400, "invalid_grant", 50126,
+                         "Error validating credentials due to invalid username or password.")
+    if not user.account_enabled:
+        raise EntraError(400, "invalid_grant", 50057, "The user account is disabled.")
+    aud, granted = _delegated_scopes(app, form.get("scope"))
+    issuer = f"https://sts.windows.net/{t.tenant_id}/"
+    claims: dict[str, Any] = {
+        "aud": aud, "iss": issuer, "idp": issuer, "tid": t.tenant_id, "appid": app.client_id,
+        "app_displayname": app.display_name, "appidacr": "1" if secret else "0", "oid": user.id, "sub": user.id,
+        "upn": user.upn, "unique_name": user.upn, "name": user.display_name, "scp": " ".join(granted),
+        "amr": ["pwd"], "idtyp": "user", "ver": "1.0",
+    }
+    token, lifetime = mint.issue(claims)
+    body = {"token_type": "Bearer", "scope": " ".join(f"{aud}/{g}" for g in granted), "expires_in": lifetime,
+            "ext_expires_in": lifetime, "access_token": token}
+    return Issued(body, app.client_id, "password", aud)
+
+
+def _user_for_sign_in(t: Tenant, username: str) -> Recipient | None:
+    """The user a sign-in name names: the UPN, or (the sandbox is lenient here) the primary address."""
+    r = t.find_recipient(username)
+    if r is None or username.strip().lower() not in (r.upn.lower(), r.mail.lower()):
+        return None
+    return r

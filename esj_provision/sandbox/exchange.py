@@ -417,7 +417,7 @@ def _cas_row(r: Recipient) -> dict[str, Any]:
         "Identity": r.name, "Name": r.name, "DisplayName": r.display_name, "PrimarySmtpAddress": r.mail,
         "ExternalDirectoryObjectId": r.id, "Guid": r.exchange_guid,
         "SmtpClientAuthenticationDisabled": r.smtp_auth_disabled, "ImapEnabled": True, "PopEnabled": True,
-        "EwsEnabled": True, "OWAEnabled": True, "MAPIEnabled": True, "ActiveSyncEnabled": True,
+        "EwsEnabled": r.ews_enabled, "OWAEnabled": True, "MAPIEnabled": True, "ActiveSyncEnabled": True,
     }
 
 
@@ -773,6 +773,42 @@ def _get_transport_config(t: Tenant, p: Params) -> Result:
     )
 
 
+def _get_organization_config(t: Tenant, p: Params) -> Result:
+    """Property names from the OrganizationConfig class reference (EwsEnabled, EwsAllowList ... are
+    Nullable<bool> / MultiValuedProperty<string>) and "Control access to EWS in Exchange" (2025-04):
+    ``EwsAllowedAppIDs`` is read only with -RetrieveEwsOperationAccessPolicy. That it is absent
+    otherwise, and comes back as ONE comma-joined string (a one-element list), is third-party
+    report (updates-2026-11.md §1), unconfirmed."""
+    row: dict[str, Any] = {
+        "Identity": t.name, "Name": t.name, "DisplayName": t.name, "Guid": t.tenant_id,
+        "EwsEnabled": t.ews_enabled, "EwsApplicationAccessPolicy": None, "EwsAllowList": None,
+        "EwsBlockList": None, "EwsAllowOutlook": None, "EwsAllowMacOutlook": None, "EwsAllowEntourage": None,
+    }
+    if p.flag("RetrieveEwsOperationAccessPolicy", False):
+        ids = t.ews_allowed_app_ids
+        row["EwsAllowedAppIDs"] = [",".join(ids)] if ids else []
+    return Result([_collections(row)])
+
+
+def _set_organization_config(t: Tenant, p: Params) -> Result:
+    enabled: bool | None = None
+    if "EwsEnabled" in p.values:
+        enabled = None if p.values["EwsEnabled"] is None else p.flag("EwsEnabled", False)
+    ids: list[str] | None = None
+    if "EwsAllowedAppIDs" in p.values:
+        ids = [i.lower() for i in p.items("EwsAllowedAppIDs")]
+        bad = [i for i in ids if not _GUID.match(i)]
+        if bad:
+            raise _invalid(f"Cannot bind parameter 'EwsAllowedAppIDs'. Cannot convert value \"{bad[0]}\" to type \"System.Guid\".")
+    if p.flag("WhatIf", False):
+        return Result([])
+    if "EwsEnabled" in p.values:
+        t.ews_enabled = enabled
+    if ids is not None:
+        t.ews_allowed_app_ids = list(dict.fromkeys(ids))  # the whole list is replaced, never merged
+    return Result([], applied=True)
+
+
 _GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 
@@ -941,6 +977,10 @@ CMDLETS: dict[str, Spec] = {
     ),
     "Get-CASMailbox": Spec(_get_cas_mailbox, ("Identity",), result_size=True),
     "Get-TransportConfig": Spec(_get_transport_config, ()),
+    "Get-OrganizationConfig": Spec(_get_organization_config, ("RetrieveEwsOperationAccessPolicy",)),
+    "Set-OrganizationConfig": Spec(
+        _set_organization_config, ("EwsEnabled", "EwsAllowedAppIDs"), write=True, level="org",
+    ),
     "Get-ServicePrincipal": Spec(_get_service_principal, ("Identity", "Organization")),
     "New-ServicePrincipal": Spec(
         _new_service_principal, ("AppId", "ObjectId", "DisplayName", "Organization"), ("AppId", "ObjectId"),

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from .config import SandboxConfig
 from .server import SandboxServer
 from .tenant import (
+    ESJ_ACCOUNT,
     ESJ_APP_ID,
     FIXED_SECRETS,
     NO_DIRECTORY_ROLE_APP_ID,
@@ -51,6 +52,10 @@ class Sandbox:
         mailboxes: int = 0,
         client_secret: str | None = None,
         pfx_password: str | None = None,
+        imap_port: int = 0,
+        smtp_port: int = 0,
+        propagation_s: float = 0.0,
+        esj_password: str | None = None,
         verbose: bool = False,
     ) -> None:
         cfg = SandboxConfig(
@@ -60,7 +65,8 @@ class Sandbox:
             outlook_concurrency=outlook_concurrency, fault_rate=fault_rate, seed=seed,
             latency_ms=latency_ms,  # type: ignore[arg-type]  # validate() normalises it
             token_lifetime=token_lifetime, mailboxes=mailboxes, client_secret=client_secret,
-            pfx_password=pfx_password, verbose=verbose,
+            pfx_password=pfx_password, imap_port=imap_port, smtp_port=smtp_port, propagation_s=propagation_s,
+            esj_password=esj_password, verbose=verbose,
         )
         self._server = SandboxServer(cfg)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -142,6 +148,34 @@ class Sandbox:
         """AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET, AZURE_AUTHORITY_HOST,
         ESJ_PROVISION_GRAPH_ENDPOINT, ESJ_PROVISION_EXCHANGE_ENDPOINT, ESJ_PROVISION_CA_BUNDLE."""
         return self._server.env()
+
+    @property
+    def esj_env(self) -> dict[str, str]:
+        """ESJ_PROVISION_ESJ_CLIENT_ID, _ESJ_CLIENT_SECRET, _ESJ_PASSWORD, _IMAP_ENDPOINT, _SMTP_ENDPOINT,
+        _EWS_ENDPOINT: what ESJ uses. Apart from :attr:`env` because ESJ_PROVISION_ESJ_CLIENT_ID is
+        also onboard's ``--esj-client-id``; the env file of ``esj-provision sandbox`` has both."""
+        return self._server.esj_env()
+
+    @property
+    def imap_port(self) -> int:
+        return self._server.imap.port if self._server.imap else 0
+
+    @property
+    def smtp_port(self) -> int:
+        return self._server.smtp.port if self._server.smtp else 0
+
+    @property
+    def ews_url(self) -> str:
+        return f"{self.url}/EWS/Exchange.asmx"
+
+    @property
+    def esj_account(self) -> str:
+        """The ESJ service account's address (its UPN is esj-svc@contoso.onmicrosoft.com)."""
+        return ESJ_ACCOUNT
+
+    @property
+    def esj_password(self) -> str:
+        return self._server.esj_password
 
     @property
     def dir(self) -> Path:
@@ -235,6 +269,15 @@ class Sandbox:
         """E.g. ``sb.queue_fault("504-after-apply", service="exchange", cmdlet="Add-MailboxPermission")``."""
         spec = {"fault": fault, "match": {**(match or {}), **match_kw}, "count": count, "retry_after": retry_after}
         return self._call(lambda: self._server.queue_fault(spec))
+
+    def sent(self) -> list[dict[str, Any]]:
+        """Mail the SMTP and Graph stand-ins accepted: protocol, from, to, subject, principal, app_id,
+        mailbox, message_id, time (never a token)."""
+        return self._call(self._server.sent_json)
+
+    def propagation(self) -> dict[str, Any]:
+        """``{"seconds": delay, "pending": [grant keys not yet effective]}``."""
+        return self._call(self._server.propagation_json)
 
     def mutate(self, op: str, **kwargs: Any) -> dict[str, Any]:
         """E.g. ``sb.mutate("remove-grant", mailbox="support@contoso.com", trustee="esj-svc@contoso.com")``."""

@@ -32,11 +32,16 @@ from typing import Any
 from aiohttp import web
 from yarl import URL
 
-from . import entra, exchange, graph
+from . import entra, ews, exchange, graph
 from .config import MAX_BODY_BYTES, MAX_CALL_LOG, SandboxConfig, SandboxError
 from .faults import Faults, parse_fault
+from .imap import ImapServer
+from .mail import MailContext, Propagation, SentMail
+from .mail import rbac_effective as mail_rbac
+from .smtp import SmtpServer
 from .tenant import (
     DIRECTORY_ROLES,
+    ESJ_ACCOUNT_ID,
     ESJ_APP_ID,
     EXCHANGE_APP_ID,
     EXCHANGE_RESOURCE,
@@ -44,6 +49,7 @@ from .tenant import (
     GRAPH_RESOURCE,
     PROVISIONING_APP_ID,
     MutationError,
+    Recipient,
     Tenant,
     mutate,
 )
@@ -59,6 +65,9 @@ GRAPH_AUDIENCES = frozenset({GRAPH_RESOURCE, "00000003-0000-0000-c000-0000000000
 EXCHANGE_AUDIENCES = frozenset({EXCHANGE_RESOURCE, EXCHANGE_APP_ID})
 SKIPTOKEN_TTL = 600  # nextLinks die after ~10 minutes at Microsoft too: clients must not dawdle
 _COLLECTION = "#Collection(String)"
+_MAILBOX_GRANT_CMDLETS = frozenset(
+    {"Add-MailboxPermission", "Remove-MailboxPermission", "Add-RecipientPermission", "Remove-RecipientPermission"}
+)
 
 # Which Exchange cmdlet classes each directory role allows (exchange.Spec.level).
 _ALL = frozenset({"read", "recipient", "org"})
@@ -142,6 +151,11 @@ class SandboxServer:
         # Real Entra secrets look like "abc8Q~..." : keep the '~' so clients meet it here first.
         self.client_secret = cfg.client_secret or f"sbx8Q~{secrets.token_urlsafe(30)}"
         self.pfx_password = cfg.pfx_password or secrets.token_urlsafe(18)
+        self.esj_password = cfg.esj_password or f"Sbx-{secrets.token_urlsafe(18)}"
+        self.prop = Propagation(cfg.propagation_s)
+        self.mail = MailContext(self.tenant, self.mint, self.prop, self._log)
+        self.imap: ImapServer | None = None
+        self.smtp: SmtpServer | None = None
         self.own_dir = cfg.dir is None
         self.dir: Path | None = None if cfg.dir is None else Path(cfg.dir)  # a temp dir is made at start
         self.material: Material | None = None
@@ -162,7 +176,9 @@ class SandboxServer:
         self.creds = entra.Credentials(
             secrets={PROVISIONING_APP_ID: self.client_secret, **FIXED_SECRETS},
             certs={PROVISIONING_APP_ID: self.material.client_cert},
+            passwords={ESJ_ACCOUNT_ID: self.esj_password},
         )
+        self.prop.settle(self.tenant)  # what the tenant starts with has long propagated
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(self.material.server_pem_path)
@@ -178,12 +194,19 @@ class SandboxServer:
         host = f"[{self.cfg.host}]" if family == socket.AF_INET6 else self.cfg.host
         self.url = f"https://{host}:{self.port}"
         await web.SockSite(self._runner, sock, ssl_context=ctx).start()
+        self.imap, self.smtp = ImapServer(self.mail, ctx), SmtpServer(self.mail, ctx)
+        await self.imap.start(self.cfg.host, self.cfg.imap_port)
+        await self.smtp.start(self.cfg.host, self.cfg.smtp_port)
         if self.cfg.state_path is not None:
             self._save()
         if self.cfg.max_runtime:
             asyncio.get_running_loop().call_later(self.cfg.max_runtime, self.done.set)
 
     async def stop(self) -> None:
+        for mail_server in (self.imap, self.smtp):
+            if mail_server is not None:
+                await mail_server.stop()
+        self.imap = self.smtp = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -211,6 +234,21 @@ class SandboxServer:
             "ESJ_PROVISION_EXCHANGE_ENDPOINT": f"{self.url}/exchange",
             "ESJ_PROVISION_CA_BUNDLE": str(self.material.ca_path),
         }
+
+    def esj_env(self) -> dict[str, str]:
+        """What ESJ itself uses: its app's id and secret, its service account's password, and the
+        mail endpoints (the env file has both this and :meth:`env`)."""
+        return {
+            "ESJ_PROVISION_ESJ_CLIENT_ID": ESJ_APP_ID,
+            "ESJ_PROVISION_ESJ_CLIENT_SECRET": FIXED_SECRETS[ESJ_APP_ID],
+            "ESJ_PROVISION_ESJ_PASSWORD": self.esj_password,
+            "ESJ_PROVISION_IMAP_ENDPOINT": f"{self._host()}:{self.imap.port if self.imap else 0}",
+            "ESJ_PROVISION_SMTP_ENDPOINT": f"{self._host()}:{self.smtp.port if self.smtp else 0}",
+            "ESJ_PROVISION_EWS_ENDPOINT": f"{self.url}/EWS/Exchange.asmx",
+        }
+
+    def _host(self) -> str:
+        return f"[{self.cfg.host}]" if ":" in self.cfg.host else self.cfg.host
 
     def _bases(self) -> list[str]:
         p = self.port
@@ -242,12 +280,40 @@ class SandboxServer:
     def apply_mutation(self, op: dict[str, Any]) -> dict[str, Any]:
         if not isinstance(op, dict):
             raise MutationError("the body must be a JSON object with an 'op'")
-        if op.get("op") == "expire-tokens":
+        name = op.get("op")
+        if name == "expire-tokens":
             self.mint.expire_all()
             return {"op": "expire-tokens", "generation": self.mint.generation}
+        if name == "set-propagation":
+            seconds = op.get("seconds")
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds <= 86_400:
+                raise MutationError("'seconds' must be a number from 0 to 86400")
+            self.prop.delay = float(seconds)
+            return {"op": name, "seconds": self.prop.delay}
+        if name == "propagate":
+            pending = len(self.prop.pending())
+            self.prop.settle(self.tenant)
+            return {"op": name, "settled": pending}
+        if name == "clear-sent":
+            cleared = len(self.mail.sent)
+            self.mail.sent.clear()
+            return {"op": name, "cleared": cleared}
         result = mutate(self.tenant, op)
+        self._grants_changed(str(op.get("mailbox") or "") if name in ("add-grant", "remove-grant") else None)
         self._save()
         return result
+
+    def _grants_changed(self, mailbox: str | None) -> None:
+        """Stamp new grants now (so they propagate from now) and drop removed ones. A change on one
+        mailbox rescans that mailbox only; anything else rescans the tenant (rare org-level writes)."""
+        found = self.tenant.find_recipient(mailbox) if mailbox else None
+        self.prop.refresh(self.tenant, {found.id} if found is not None else None)
+
+    def sent_json(self) -> list[dict[str, Any]]:
+        return [m.to_json() for m in self.mail.sent]
+
+    def propagation_json(self) -> dict[str, Any]:
+        return {"seconds": self.prop.delay, "pending": [list(k) for k in self.prop.pending()]}
 
     # --- plumbing -----------------------------------------------------------------------------
 
@@ -317,7 +383,10 @@ class SandboxServer:
                 return await handler(request)
             except web.HTTPException as exc:
                 return _json({"error": exc.reason}, exc.status)
-        service = "graph" if path.startswith("/graph") else "exchange" if path.startswith("/exchange") else "entra"
+        service = (
+            "graph" if path.startswith("/graph") else "exchange" if path.startswith("/exchange")
+            else "ews" if path.lower().startswith("/ews/") else "entra"
+        )
         request_id = str(uuid.uuid4())
         given_crid = request.headers.get("client-request-id")
         meta: dict[str, Any] = {
@@ -436,6 +505,9 @@ class SandboxServer:
         r.add_post("/_sandbox/faults", self._c_faults_add)
         r.add_delete("/_sandbox/faults", self._c_faults_clear)
         r.add_post("/_sandbox/mutate", self._c_mutate)
+        r.add_get("/_sandbox/sent", self._c_sent)
+        r.add_route("*", "/EWS/Exchange.asmx", self._ews)
+        r.add_route("*", "/ews/exchange.asmx", self._ews)
         r.add_route("*", "/graph{tail:.*}", self._graph)
         r.add_route("*", "/exchange{tail:.*}", self._exchange)
         r.add_get("/common/discovery/instance", self._e_instance)
@@ -496,7 +568,12 @@ class SandboxServer:
             err = graph.error_body("InvalidAuthenticationToken", p.message, rid, crid)
             return _json(err, 401, {"WWW-Authenticate": _GRAPH_WWW_AUTH})
         meta["app_id"] = claims.get("appid")
-        ctx = graph.Ctx(self.tenant, claims, f"{self._base(request)}/graph", rid, crid)
+        ctx = graph.Ctx(
+            self.tenant, claims, f"{self._base(request)}/graph", rid, crid,
+            rbac=lambda app_id, mbx: mail_rbac(self.tenant, self.prop, app_id, mbx),
+            record_sent=lambda mbx, msg: self._record_graph_mail(claims, mbx, msg),
+            body=await request.read() if request.method == "POST" else b"",
+        )
         body: dict[str, Any] | None
         if len(segs) == 2 and segs[1] == "$batch" and request.method == "POST":
             raw = await request.read()
@@ -513,6 +590,8 @@ class SandboxServer:
             status, body, headers = await self._batch(ctx, segs[0], raw, str(meta["app_id"] or ""), log_item)
         else:
             status, body, headers = graph.dispatch(ctx, request.method, segs, dict(request.query))
+        if body is None:
+            return web.Response(status=status, headers=headers)  # 202 from sendMail: no body at all
         return _json(body, status, headers)
 
     async def _batch(self, ctx: graph.Ctx, version: str, raw: bytes, app_id: str,
@@ -534,6 +613,21 @@ class SandboxServer:
             return answer
         finally:
             self.outlook.give(app_id, slots)
+
+    def _record_graph_mail(self, claims: dict[str, Any], mbx: Recipient, msg: dict[str, Any]) -> None:
+        self.mail.sent.append(SentMail("graph", mbx.mail, msg["to"], msg["subject"],
+                                       f"app {claims.get('appid')}", str(claims.get("appid") or ""), mbx.mail))
+
+    # --- EWS ----------------------------------------------------------------------------------
+
+    async def _ews(self, request: web.Request) -> web.Response:
+        meta = request[_META]
+        if request.method != "POST":
+            return web.Response(status=405, headers={"Allow": "POST"})
+        reply = ews.handle(self.mail, request.headers, await request.read())
+        meta["parameters"] = reply.log or None
+        meta["app_id"] = reply.log.get("app_id")
+        return web.Response(status=reply.status, body=reply.body, headers=reply.headers)
 
     # --- Exchange -----------------------------------------------------------------------------
 
@@ -618,6 +712,9 @@ class SandboxServer:
             return _json(exc.body(), exc.status)
         if result.applied:
             meta["applied"] = True
+            # The admin side sees it now; the mail protocols once it has propagated.
+            on_mailbox = meta.get("cmdlet") in _MAILBOX_GRANT_CMDLETS and isinstance(params.get("Identity"), str)
+            self._grants_changed(params["Identity"] if on_mailbox else None)
             self._save()
         page_size = self.cfg.page_size
         prefer = request.headers.get("Prefer", "") + "," + request.headers.get("X-Prefer", "")
@@ -681,6 +778,10 @@ class SandboxServer:
         except ValueError as exc:
             return _json({"error": str(exc)}, 400, content_type="application/json")
         return _json({"queued": queued}, 201, content_type="application/json")
+
+    async def _c_sent(self, request: web.Request) -> web.Response:
+        return _json({"sent": self.sent_json(), "propagation": self.propagation_json()},
+                     content_type="application/json")
 
     async def _c_mutate(self, request: web.Request) -> web.Response:
         try:

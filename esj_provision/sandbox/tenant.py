@@ -67,6 +67,9 @@ PROVISIONING_APP_ID = "31bde047-a3b3-4cdc-911c-6124c6bbf2cf"
 NO_DIRECTORY_ROLE_APP_ID = "7880f2d0-79b9-4d51-935d-ba6a270e41db"
 NO_EXCHANGE_ROLE_APP_ID = "5450d7ef-9f97-4011-b1f1-7ee2ac01d537"
 ESJ_APP_ID = "2db3fd6d-47fc-4750-ace0-99b31d4ba2de"
+# The ESJ service account (esj-svc@): the one user with a password, set per start.
+ESJ_ACCOUNT_ID = "6ef40935-da7b-4d8f-bf65-a7ea9ba883d0"
+ESJ_ACCOUNT = "esj-svc@contoso.com"
 # Documented, deliberately fake secrets of the non-provisioning apps (the provisioning app's is
 # chosen per start). They only open this sandbox.
 FIXED_SECRETS: dict[str, str] = {
@@ -83,6 +86,7 @@ _GEN_OBJECT_PREFIX = "7e570000-0000-4000-8000-"
 _GEN_EXO_PREFIX = "7e570001-0000-4000-8000-"
 _GEN_NAME = re.compile(r"^queue(\d{4,})$")
 _GEN_DISPLAY = re.compile(r"^queue (\d{4,})$")
+_GUID_TEXT = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _GEN_GUID = re.compile(r"^7e57000([01])-0000-4000-8000-(\d{12})$")
 
 USER_PURPOSE = {
@@ -116,6 +120,7 @@ class Recipient:
     exchange_guid: str
     rest_enabled: bool = True  # False: Graph's MailboxNotEnabledForRESTAPI
     smtp_auth_disabled: bool | None = None  # Get-CASMailbox; None = follow the org setting
+    ews_enabled: bool | None = True  # Get-CASMailbox EwsEnabled; False blocks EWS for this mailbox
     aliases: list[str] = field(default_factory=list)  # extra SMTP addresses
     user_type: str = "Member"
     index: int | None = None  # set for generated mailboxes
@@ -149,6 +154,13 @@ class App:
     graph_roles: list[str] = field(default_factory=list)
     exchange_roles: list[str] = field(default_factory=list)
     wids: list[str] = field(default_factory=list)  # directory role template ids
+    # Delegated permissions consented for the app (what a user's token may carry in ``scp``).
+    exchange_delegated: list[str] = field(default_factory=list)
+    graph_delegated: list[str] = field(default_factory=list)
+    public_client: bool = False  # "Allow public client flows": ROPC without a secret
+
+    def delegated_for(self, resource: str) -> list[str]:
+        return list(self.graph_delegated if resource == GRAPH_RESOURCE else self.exchange_delegated)
 
     def roles_for(self, resource: str) -> list[str]:
         return list(self.graph_roles if resource == GRAPH_RESOURCE else self.exchange_roles)
@@ -226,6 +238,8 @@ def _seed_recipients() -> list[Recipient]:
         ("7578bcc2-b39f-4703-a51f-6818389a59ea", "sales", "Sales", "SharedMailbox", True, {}),
         ("1b3a970e-c72b-4248-8e12-56e2ec15bebc", "billing", "Billing", "SharedMailbox", False, {}),
         ("e348ca23-439c-423d-a1ec-3c70a6ed08cd", "adele", "Adele Vance", "UserMailbox", True, {}),
+        # Its SMTP AUTH switch follows the (disabled) organisation: onboarding warns about it, and
+        # the SMTP stand-in answers 5.7.139 until an admin turns it on, as Exchange would.
         ("6ef40935-da7b-4d8f-bf65-a7ea9ba883d0", "esj-svc", "ESJ Service Account", "UserMailbox", True, {}),
         ("52cd44a3-432a-4b90-be64-55323884320c", "old-svc", "Old ESJ Service Account", "UserMailbox",
          False, {}),
@@ -260,7 +274,11 @@ def _seed_apps() -> list[App]:
         App(NO_EXCHANGE_ROLE_APP_ID, "provisioning app without Exchange permission (sandbox)",
             "3b515d56-29a2-4f21-9a08-78270db16ca6", "55c4cbc5-fe99-4650-bb71-a7b5159d1ab9"),
         App(ESJ_APP_ID, "Genesys E-mail Server (sandbox)", "c6ede48f-f90c-465e-8591-e00089307328",
-            "4dff7df5-6bb2-41a3-8d9f-4d274f8dd038", graph_roles=["Mail.ReadWrite", "Mail.Send"]),
+            "4dff7df5-6bb2-41a3-8d9f-4d274f8dd038", graph_roles=["Mail.ReadWrite", "Mail.Send"],
+            # ESJ's non-client_credentials mode signs its service account in with a password (ROPC), most
+            # likely as a public client (probe-protocols.md §3, inferred): the sample app allows that.
+            exchange_delegated=["IMAP.AccessAsUser.All", "SMTP.Send", "EWS.AccessAsUser.All"],
+            graph_delegated=["Mail.ReadWrite", "Mail.Send"], public_client=True),
     ]
 
 
@@ -275,6 +293,10 @@ class Tenant:
         self.overrides: dict[int, Recipient] = {}
         self.apps: dict[str, App] = {a.client_id: a for a in _seed_apps()}
         self.transport_smtp_auth_disabled = True
+        # Get-OrganizationConfig EwsEnabled: Microsoft set it to False in tenants that had not chosen
+        # by 1 October 2026 (updates-2026-11.md §1); None (never set) is treated as blocked too.
+        self.ews_enabled: bool | None = False
+        self.ews_allowed_app_ids: list[str] = []  # EwsAllowedAppIDs; empty blocks every app
         self.mailbox_permissions: dict[str, list[Ace]] = {}
         self.recipient_permissions: dict[str, list[str]] = {}
         self.exo_sps: list[ExoServicePrincipal] = []
@@ -451,6 +473,7 @@ class Tenant:
             "apps": [asdict(a) for a in self.apps.values()],
             "resource_service_principals": [asdict(sp) for sp in RESOURCE_SPS],
             "transport_config": {"SmtpClientAuthenticationDisabled": self.transport_smtp_auth_disabled},
+            "organization_config": {"EwsEnabled": self.ews_enabled, "EwsAllowedAppIDs": list(self.ews_allowed_app_ids)},
             "mailbox_permissions": {
                 k: [asdict(a) for a in v] for k, v in self.mailbox_permissions.items() if v
             },
@@ -470,6 +493,9 @@ class Tenant:
         t.overrides = {int(i): Recipient(**r) for i, r in data["generated"]["overrides"].items()}
         t.apps = {a["client_id"]: App(**a) for a in data["apps"]}
         t.transport_smtp_auth_disabled = bool(data["transport_config"]["SmtpClientAuthenticationDisabled"])
+        org = data.get("organization_config") or {}  # absent in state files written before EWS was modelled
+        t.ews_enabled = org.get("EwsEnabled", False)
+        t.ews_allowed_app_ids = [str(a) for a in org.get("EwsAllowedAppIDs", [])]
         t.mailbox_permissions = {
             k: [Ace(**a) for a in v] for k, v in data["mailbox_permissions"].items()
         }
@@ -584,6 +610,28 @@ def mutate(t: Tenant, op: dict[str, Any]) -> dict[str, Any]:
         mbx = _one_recipient(t, op.get("mailbox"), "mailbox")
         mbx.smtp_auth_disabled = disabled
         return {"op": name, "mailbox": mbx.mail, "disabled": disabled}
+    if name == "set-ews-enabled":
+        enabled = op.get("enabled")
+        if enabled is not None and not isinstance(enabled, bool):
+            raise MutationError("'enabled' must be true, false or null")
+        if op.get("mailbox") is None:
+            t.ews_enabled = enabled
+            return {"op": name, "scope": "organization", "enabled": enabled}
+        mbx = _one_recipient(t, op.get("mailbox"), "mailbox")
+        mbx.ews_enabled = enabled
+        return {"op": name, "mailbox": mbx.mail, "enabled": enabled}
+    if name == "set-ews-allowed-apps":
+        apps = op.get("apps")
+        if not isinstance(apps, list) or not all(isinstance(a, str) and _GUID_TEXT.match(a.strip()) for a in apps):
+            raise MutationError("'apps' must be a list of application (client) ids")
+        t.ews_allowed_app_ids = [a.strip().lower() for a in apps]  # overwrites, as Set-OrganizationConfig does
+        return {"op": name, "apps": t.ews_allowed_app_ids}
+    if name == "set-public-client":
+        app = _app(t, op.get("app"))
+        if not isinstance(op.get("enabled"), bool):
+            raise MutationError("'enabled' must be true or false")
+        app.public_client = bool(op["enabled"])
+        return {"op": name, "app": app.client_id, "enabled": app.public_client}
     if name == "set-app-roles":
         app = _app(t, op.get("app"))
         resource = op.get("resource")
@@ -613,7 +661,8 @@ def mutate(t: Tenant, op: dict[str, Any]) -> dict[str, Any]:
         return {"op": name, "app": app.client_id, "wids": wids}
     raise MutationError(
         f"unknown op {name!r}: use remove-grant, add-grant, set-recipient-type, set-account-enabled, "
-        "set-rest-enabled, set-smtp-auth, set-app-roles, set-directory-roles or expire-tokens"
+        "set-rest-enabled, set-smtp-auth, set-ews-enabled, set-ews-allowed-apps, set-public-client, set-app-roles, "
+        "set-directory-roles, expire-tokens, set-propagation, propagate or clear-sent"
     )
 
 
