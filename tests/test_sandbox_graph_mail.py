@@ -4,6 +4,7 @@ and the ESJ service account's password sign-in (ROPC) at the sandbox's Entra ID.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -11,13 +12,17 @@ from mail_helpers import GRAPH, OUTLOOK, OUTLOOK365, app_token, register_esj, sc
 from sandbox_fixtures import SandboxClient
 
 from esj_provision.sandbox import Sandbox
-from esj_provision.sandbox.tokens import split
+from esj_provision.sandbox.tokens import unverified
 
 MakeSandbox = Callable[..., tuple[Sandbox, SandboxClient]]
 SHARED = "support@contoso.com"
 MAIL = {"message": {"subject": "probe", "body": {"contentType": "Text", "content": "hi"},
                     "toRecipients": [{"emailAddress": {"address": "someone@example.com"}}]},
         "saveToSentItems": False}
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    return unverified(token)[1]
 
 
 def inbox(c: SandboxClient, token: str, mailbox: str = SHARED) -> httpx.Response:
@@ -72,7 +77,7 @@ def test_rbac_for_applications_in_and_out_of_scope(make_sandbox: MakeSandbox) ->
     scoped_role(c, "Application Mail.Read", SHARED)
     scoped_role(c, "Application Mail.Send", SHARED)
     token = app_token(c, GRAPH)  # RBAC grants are not in the token's roles, and need not be
-    assert "roles" not in split(token).claims
+    assert "roles" not in claims_of(token)
     assert inbox(c, token).status_code == 200
     assert send(c, token).status_code == 202
     denied(inbox(c, token, "sales@contoso.com"))
@@ -127,12 +132,12 @@ def test_ropc_gives_a_delegated_token_for_the_service_account(sandbox: Sandbox, 
     assert r.status_code == 200
     body = r.json()
     assert body["token_type"] == "Bearer" and "refresh_token" not in body
-    claims = split(body["access_token"]).claims
+    claims = claims_of(body["access_token"])
     assert claims["aud"] == "https://outlook.office.com" and claims["idtyp"] == "user"
     assert claims["upn"] == "esj-svc@contoso.onmicrosoft.com" and claims["appid"] == sandbox.esj_app_id
     assert set(claims["scp"].split()) == {"IMAP.AccessAsUser.All", "SMTP.Send", "EWS.AccessAsUser.All"}
     assert "roles" not in claims
-    graph = split(ropc(sandbox_client, scope=GRAPH).json()["access_token"]).claims
+    graph = claims_of(ropc(sandbox_client, scope=GRAPH).json()["access_token"])
     assert graph["aud"] == "https://graph.microsoft.com" and graph["scp"] == "Mail.ReadWrite Mail.Send"
     one = ropc(sandbox_client, scope="https://outlook.office.com/IMAP.AccessAsUser.All offline_access").json()
     assert one["scope"] == "https://outlook.office.com/IMAP.AccessAsUser.All"
@@ -172,7 +177,7 @@ def test_ropc_public_client_setting_and_disabled_account(make_sandbox: MakeSandb
 
 
 def test_client_credentials_for_esjs_default_scope(sandbox_client: SandboxClient) -> None:
-    claims = split(app_token(sandbox_client, OUTLOOK)).claims
+    claims = claims_of(app_token(sandbox_client, OUTLOOK))
     assert claims["aud"] == "https://outlook.office.com" and claims["idtyp"] == "app"
 
 
