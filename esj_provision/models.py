@@ -187,6 +187,18 @@ class CasMailbox:
     identity: str
     # None means "follow the organisation setting" (Exchange's $null).
     smtp_client_authentication_disabled: bool | None
+    ews_enabled: bool | None = None  # Get-CASMailbox EwsEnabled; None: not set (follows the organisation)
+
+
+@dataclass(frozen=True)
+class EwsOrgPolicy:
+    """Get-OrganizationConfig -RetrieveEwsOperationAccessPolicy, the EWS part.
+
+    ``allowed_app_ids`` is None when the answer had no EwsAllowedAppIDs property at all (it is
+    returned only with -RetrieveEwsOperationAccessPolicy), and empty when the list is empty."""
+
+    ews_enabled: bool | None
+    allowed_app_ids: tuple[str, ...] | None
 
 
 @dataclass(frozen=True)

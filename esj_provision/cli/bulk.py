@@ -10,6 +10,7 @@ from typing import Any
 import typer
 
 from ..errors import ExitStatus, UsageError
+from ..models import Inbound, Outbound
 from . import app
 from ._common import (
     Auth,
@@ -96,6 +97,7 @@ def bulk(
     if fmt_key not in ("table", "json"):
         raise UsageError(f"unknown format {fmt!r}", hint="choose one of: table, json")
     info = manifest_mod.validate(manifest)  # before any call to Microsoft, and before writing anything
+    ews_note = ews_rows_warning(info.path)  # from 1 April 2027 EWS rows are refused here (exit 2)
     profile_obj = None
     if profile is not None:
         from ..esj.options import load_profile
@@ -111,9 +113,32 @@ def bulk(
     summary = run_async(
         _bulk(settings, info, dry_run, journal, out_dir, concurrency, profile_obj, esj_client_id, fmt_key)
     )
+    if ews_note:
+        summary.warnings.insert(0, ews_note)
     _print_summary(summary, fmt_key, dry_run)
     if not summary.all_ok:
         raise typer.Exit(int(ExitStatus.PARTIAL))
+
+
+def ews_rows_warning(path: Path) -> str | None:
+    """The end-of-EWS warning for a manifest with EWS rows (which lines), or a UsageError listing
+    them from 1 April 2027, before any call."""
+    from ..errors import ManifestError
+    from ..esj.ews_sunset import sunset_warning
+    from ..fleet import manifest as manifest_mod
+
+    lines = [r.line for r in manifest_mod.rows(path) if ews_warning_needed(r)]
+    if not lines:
+        return None
+    shown = ", ".join(str(n) for n in lines[:20]) + (", …" if len(lines) > 20 else "")
+    try:
+        return sunset_warning(f"EWS in {len(lines)} row(s) (lines {shown})")
+    except UsageError as exc:
+        raise ManifestError(exc.message, [(n, "EWS is switched off") for n in lines[:50]], hint=exc.hint) from None
+
+
+def ews_warning_needed(row: Any) -> bool:
+    return Inbound.EWS is row.inbound or Outbound.EWS is row.outbound
 
 
 async def _bulk(

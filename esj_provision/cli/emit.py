@@ -105,6 +105,10 @@ def emit(
         tenant_id=tenant_id or None,
         section_index=section_index,
     )
+    from ..esj.ews_sunset import ews_warning
+
+    # Before 1 April 2027 the warning is the first of the options' notes; from then on, refused (exit 2).
+    ews_warning(request.inbound, request.outbound)
     prof = load_profile(profile) if profile is not None else Profile()
     if include_secret:
         request.secret = _read_secret(secret_file)

@@ -234,6 +234,10 @@ def onboard(
     if len(app_ids) > 1:
         raise UsageError("--trustee-app and --scope-esj-app name different apps", hint="ESJ signs in as one app")
     esj_client_id = given or next(iter(app_ids), None)
+    request.esj_app_id = esj_client_id
+    from ..esj.ews_sunset import ews_warning
+
+    ews_warning(request.inbound, request.outbound)  # from 1 April 2027: refused before any call (exit 2)
     if out is not None and not out.parent.is_dir():
         raise UsageError(f"cannot write {out}: directory {out.parent} does not exist")
     setup_logging(verbose)

@@ -488,7 +488,12 @@ def _oauth(b: _Builder, ctx: _Ctx, s: str, *, graph: bool, grant: Setting, docum
         s, "directory-id", ctx.tenant_id or PLACEHOLDER_TENANT_ID, True, SRC_GENESYS,
         placeholder=ctx.tenant_id is None,
     )
-    b.add_setting(s, "tenant-authority", ctx.cloud("authority", SRC_GENESYS))
+    authority = ctx.cloud("authority", SRC_GENESYS)
+    if authority.source == SRC_ENDPOINTS:
+        # Genesys documents only https://login.microsoftonline.com as ESJ's authority
+        # (updates-2026-11.md §6): a sovereign cloud's is Microsoft's host, unconfirmed for ESJ.
+        authority = Setting(authority.value, False, SRC_CLOUD_UNCONFIRMED)
+    b.add_setting(s, "tenant-authority", authority)
     scope = ctx.cloud("graph-scope" if graph else "outlook-scope", SRC_GENESYS)
     if not documented and scope.source == SRC_GENESYS:
         scope = Setting(scope.value, False, SRC_INFERRED)
@@ -514,7 +519,16 @@ def _oauth(b: _Builder, ctx: _Ctx, s: str, *, graph: bool, grant: Setting, docum
 
 
 def _notes(ctx: _Ctx, options: list[EsjOption], pop: str, smtp: str, sections_known: bool) -> list[str]:
-    notes = [FROM_NOTE.format(mailbox=ctx.mailbox)]
+    from .ews_sunset import ews_warning
+
+    notes = []
+    try:
+        ews = ews_warning(ctx.req.inbound, ctx.req.outbound)
+    except UsageError as exc:  # after the switch-off: commands refuse EWS before they get here
+        ews = f"{exc.message}; {exc.hint}"
+    if ews:
+        notes.append(ews)
+    notes.append(FROM_NOTE.format(mailbox=ctx.mailbox))
     if ctx.trustee is not None:
         notes.append(
             f"Exchange Online: {ctx.trustee} needs Full Access (Delegation, Read and manage) "

@@ -46,6 +46,11 @@ DRIFT_CODES = {
     "trustee-app-not-found": "ESJ app has no enterprise application",
     "trustee-app-not-registered": "ESJ app not registered in Exchange",
     "trustee-app-wrong-object-id": "ESJ app registered in Exchange with the wrong object id",
+    # An EWS row that cannot work (provision/ews_policy.py).
+    "ews-blocked-by-organisation": "EWS blocked by the organisation (EwsEnabled)",
+    "ews-not-allow-listed": "ESJ app not in EwsAllowedAppIDs",
+    "ews-disabled-on-mailbox": "EWS disabled on the mailbox (CAS EwsEnabled)",
+    "ews-switched-off": "EWS switched off in Exchange Online since 1 April 2027",
 }
 # Findings that mean we could not tell.
 UNKNOWN_CODES = {
@@ -54,6 +59,7 @@ UNKNOWN_CODES = {
     "mailbox-purpose-unknown",
     "smtp-auth-unknown",
     "trustee-app-lookup-failed",
+    "ews-policy-unreadable",
 }
 
 
@@ -150,6 +156,8 @@ def audit_row(row: ManifestRow, plan_findings: list[Any], delegations: list[Any]
     for f in plan_findings:
         if f.code in DRIFT_CODES:
             out.drift.append(DRIFT_CODES[f.code])
+            if f.code.startswith("ews-"):
+                out.warnings.append(f.message + (f" (fix: {f.hint})" if f.hint else ""))
         elif f.code in UNKNOWN_CODES:
             out.errors.append(f.message)
         elif f.level == "warning":
@@ -181,8 +189,11 @@ async def run_audit(
     await warm_up(session)
     apps: dict[str, None] = {a.lower(): None for a in esj_apps}  # ordered set: manifest apps join it
 
+    # A service-account row's EWS allow-list is checked for the ESJ app when one was named.
+    esj_app = esj_apps[0].lower() if len(esj_apps) == 1 else None
+
     async def handle(row: ManifestRow, lookups: dict[str, LookupResult]) -> AuditRow:
-        request = request_for(row)
+        request = request_for(row, esj_app_id=esj_app)
         try:
             plan = await preflight(session, request, mode="audit", desired=State.PRESENT, lookups=lookups)
         except (AccessDeniedError, AuthError):

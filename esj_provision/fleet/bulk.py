@@ -39,8 +39,9 @@ SHARD_SIZE = 25  # Genesys: no more than 25 mailboxes per E-mail Server instance
 T = TypeVar("T")
 
 
-def request_for(row: ManifestRow) -> OnboardRequest:
+def request_for(row: ManifestRow, *, esj_app_id: str | None = None) -> OnboardRequest:
     return OnboardRequest(
+        esj_app_id=row.trustee if row.trustee_is_app else esj_app_id,
         mailbox=row.mailbox,
         trustee=row.trustee,
         inbound=row.inbound,
@@ -312,7 +313,7 @@ async def run_bulk(
                 summary.reconciled += 1
 
     async def handle(row: ManifestRow, lookups: dict[str, LookupResult]) -> RowResult:
-        request = request_for(row)
+        request = request_for(row, esj_app_id=esj_client_id)
         try:
             plan = await run(session, request, mode="onboard", dry_run=dry_run, journal=journal, lookups=lookups)
         except (AccessDeniedError, AuthError, JournalError):

@@ -32,6 +32,7 @@ from ..errors import (
 )
 from ..models import (
     CasMailbox,
+    EwsOrgPolicy,
     ExchangeMailbox,
     ManagementScope,
     PermissionRow,
@@ -251,6 +252,14 @@ def split_rights(value: Any) -> frozenset[str]:
     or as a plain string."""
     items = [value] if isinstance(value, str) else list(value or [])
     return frozenset(part.strip() for item in items for part in str(item).split(",") if part.strip())
+
+
+def split_app_ids(value: Any) -> tuple[str, ...]:
+    """EwsAllowedAppIDs as ids, lower-case, in order, without duplicates: accepts a list of
+    comma-joined strings, a plain string, or None."""
+    items = [value] if isinstance(value, str) else list(value or [])
+    ids = (part.strip().lower() for item in items for part in str(item).split(",") if part.strip())
+    return tuple(dict.fromkeys(ids))
 
 
 def _bool(value: Any) -> bool:
@@ -521,7 +530,31 @@ class ExchangeClient:
         return CasMailbox(
             identity=str(row.get("Identity") or identity),
             smtp_client_authentication_disabled=_opt_bool(row.get("SmtpClientAuthenticationDisabled")),
+            ews_enabled=_opt_bool(row.get("EwsEnabled")),
         )
+
+    # -- EWS organisation policy (updates-2026-11.md §1) ----------------------------------------
+
+    async def get_ews_policy(self) -> EwsOrgPolicy:
+        """``EwsEnabled`` and ``EwsAllowedAppIDs``. The list is returned only with
+        -RetrieveEwsOperationAccessPolicy (Microsoft's EWS troubleshooting page); it reads back as
+        one comma-joined string inside a one-element list (third-party reports, unconfirmed), so
+        any mix of strings, lists and commas is split into ids here."""
+        result = await self.invoke("Get-OrganizationConfig", {"RetrieveEwsOperationAccessPolicy": True})
+        row = result.rows[0] if result.rows else {}
+        ids: tuple[str, ...] | None = None
+        if "EwsAllowedAppIDs" in row:
+            ids = split_app_ids(row.get("EwsAllowedAppIDs"))
+        return EwsOrgPolicy(ews_enabled=_opt_bool(row.get("EwsEnabled")), allowed_app_ids=ids)
+
+    async def set_ews_allowed_app_ids(self, app_ids: Iterable[str], *, enable: bool = False) -> WriteResult:
+        """Set-OrganizationConfig -EwsAllowedAppIDs "<id>,<id>" (one comma-joined string, as
+        Microsoft's examples write it): it REPLACES the whole list, so callers pass the list read
+        just before plus what they add (read-modify-write). ``enable`` adds -EwsEnabled $true."""
+        params: dict[str, Any] = {"EwsAllowedAppIDs": ",".join(app_ids)}
+        if enable:
+            params = {"EwsEnabled": True, **params}
+        return await self._write("Set-OrganizationConfig", params, anchor=None)
 
     async def get_transport_config(self) -> TransportConfig:
         result = await self.invoke("Get-TransportConfig", {})

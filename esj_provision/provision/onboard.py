@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from ..microsoft.graph import LookupResult
     from ..microsoft.session import Session
     from .esj_app import AppIdentity
+    from .ews_policy import EwsVerdict
     from .writes import Step
 
 Mode = Literal["onboard", "offboard", "audit"]
@@ -63,6 +64,8 @@ class OnboardRequest:
     auto_response: bool = False
     # ``trustee`` is the ESJ app's client id: the delegation goes to its Exchange service principal.
     trustee_is_app: bool = False
+    # The ESJ app's client id when known (--esj-client-id): what EWS's allow-list is checked for.
+    esj_app_id: str | None = None
 
 
 @dataclass
@@ -109,6 +112,7 @@ class Plan:
     dry_run: bool = False
     app: AppIdentity | None = None  # the trustee app (request.trustee_is_app)
     sp_step: Step | None = None  # onboard: register the trustee app's Exchange service principal
+    ews: EwsVerdict | None = None  # EWS rows: whether the tenant lets the ESJ app use EWS here
 
     @property
     def refused(self) -> bool:
@@ -176,6 +180,7 @@ class Plan:
                 }
                 for d in self.delegations
             ],
+            **({"ews": self.ews.to_dict()} if self.ews is not None else {}),
             "refused": self.refused,
             "failed": self.failed,
         }
@@ -416,6 +421,10 @@ async def preflight(
     checks: list[Awaitable[Any]] = []
     if mode != "offboard" and request.outbound is Outbound.SMTP and (plan.trustee is not None or plan.app is not None):
         checks.append(_check_smtp_auth(session, plan))
+    if mode != "offboard":
+        from .ews_policy import check_ews
+
+        checks.append(check_ews(session, plan))
     reads = [read_state(session, plan, d.right) for d in plan.delegations]
     results = await gather_all(*reads, *checks)
     for d, (state, error) in zip(plan.delegations, results[: len(reads)]):
