@@ -22,6 +22,7 @@ from typer.testing import CliRunner, Result
 
 from esj_provision.cli import app
 from esj_provision.sandbox import Sandbox
+from esj_provision.sandbox.tenant import ESJ_APP_ID
 
 TRUSTEE = "esj-svc@contoso.com"
 WRITES = {"Add-MailboxPermission", "Add-RecipientPermission", "Remove-MailboxPermission", "Remove-RecipientPermission"}
@@ -101,6 +102,9 @@ def tenant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenant]:
         for account in OWN_TRUSTEE.values():
             sb.mutate("set-account-enabled", user=account, enabled=True)
         sb.mutate("set-smtp-auth", disabled=False)  # the tenant allows SMTP AUTH: SMTP rows are in sync
+        # ... and EWS for the ESJ app (EWS rows' states are tested in test_ews_e2e.py).
+        sb.mutate("set-ews-enabled", enabled=True)
+        sb.mutate("set-ews-allowed-apps", apps=[ESJ_APP_ID])
         r = CliRunner().invoke(
             app,
             ["bulk", str(manifest), "--out-dir", str(tmp / "out")],

@@ -443,7 +443,7 @@ def test_rows_pinned_to_an_auto_shard_name_keep_their_file(tenant: Sandbox, cli:
     write_manifest(tmp_path / "m.csv", [*blank[:10], *pinned, *blank[10:]])
     r = cli("bulk", "m.csv", "--out-dir", "out")
     assert r.exit_code == 0, r.stderr + r.stdout
-    assert "warning" not in r.stdout
+    assert "Genesys recommends" not in r.stdout  # no shard over 25 mailboxes (the EWS rows are warned about)
     got = {p.name: [s["mailbox"] for s in cfg_sections(p)] for p in (tmp_path / "out").glob("*.cfg")}
     assert got == {
         "esj-auto-001.cfg": [r.mailbox for r in pinned],
