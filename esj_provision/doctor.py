@@ -25,6 +25,7 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
+from .doctor_checks import ews_checks, least_privilege
 from .errors import AccessDeniedError, AuthError, EsjProvisionError, ExitStatus
 from .models import Inbound, Outbound
 from .provision.esj_app import (
@@ -38,6 +39,7 @@ from .provision.esj_app import (
     resolve_app,
     wider_than_mailboxes,
 )
+from .provision.privilege import MANAGE_AS_APP_V2, V2_ONLY, V2_ONLY_FIX
 
 if TYPE_CHECKING:
     from .microsoft.session import Session
@@ -267,7 +269,9 @@ async def _exchange_probe(session: Session, report: DoctorReport) -> None:
     try:
         await session.exchange.get_transport_config()
     except AccessDeniedError as exc:
-        if exc.status_code == 401:
+        if exc.status_code == 401 and report.context.get("manage_as_app_v2_only"):
+            report.add("exchange-admin", "missing", f"Exchange refused the app's token (401): {V2_ONLY}", V2_ONLY_FIX)
+        elif exc.status_code == 401:
             report.add(
                 "exchange-admin",
                 "missing",
@@ -508,6 +512,9 @@ async def _run_checks(
     wids = set(graph_claims.get("wids") or []) | set(exchange_claims.get("wids") or [])
     name = graph_claims.get("app_displayname") or session.settings.client_id or "the app"
     report.add("sign-in", "ok", f"signed in as {name} ({session.settings.resolved_auth})")
+    report.context["manage_as_app_v2_only"] = (
+        MANAGE_AS_APP_V2 in exchange_roles and "Exchange.ManageAsApp" not in exchange_roles
+    )
     report.context["token"] = {
         "graph_roles": sorted(graph_roles),
         "exchange_roles": sorted(exchange_roles),
@@ -524,6 +531,8 @@ async def _run_checks(
         _graph_need(report, graph_roles, APPLICATION_READ)
     if "Exchange.ManageAsApp" in exchange_roles:
         report.add("exchange:Exchange.ManageAsApp", "ok", "Exchange Exchange.ManageAsApp: run Exchange cmdlets")
+    elif MANAGE_AS_APP_V2 in exchange_roles:
+        report.add("exchange:Exchange.ManageAsApp", "missing", V2_ONLY, V2_ONLY_FIX)
     else:
         report.add(
             "exchange:Exchange.ManageAsApp",
@@ -535,6 +544,9 @@ async def _run_checks(
     await _exchange_probe(session, report)
     exchange_ok = (report.get("exchange-admin") or Check("", "error", "")).status == "ok"
     _directory_roles(report, wids, exchange_ok, org_level=bool(esj_app))
+    await least_privilege(session, report, wids, exchange_ok)
+    if inbound is Inbound.EWS or outbound is Outbound.EWS:
+        await ews_checks(session, report, esj_app, inbound, outbound, exchange_ok)
 
     if esj_app:
         if not (inbound or outbound):

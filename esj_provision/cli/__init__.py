@@ -66,7 +66,7 @@ def _register() -> None:
     # Each module adds its commands to `app` when imported; they import only light modules at top.
     import importlib
 
-    for name in ("emit", "onboard", "bulk", "audit", "doctor", "sandbox"):
+    for name in ("emit", "onboard", "bulk", "audit", "doctor", "ews", "migrate", "sandbox"):
         try:
             importlib.import_module(f"{__name__}.{name}")
         except ModuleNotFoundError as exc:

@@ -533,6 +533,34 @@ class ExchangeClient:
             ews_enabled=_opt_bool(row.get("EwsEnabled")),
         )
 
+    # -- what the app may run ------------------------------------------------------------------
+
+    async def exported_cmdlets(self, module_version: str = "3.9.2") -> frozenset[str] | None:
+        """The cmdlets Exchange exports to this app (its RBAC roles decide), or None when the
+        listing is not available. UNDOCUMENTED: ``GET {exchange}/adminapi/v1.0/{tenant}/EXOModuleFile
+        ?Version=...`` with header ``CommandName: *`` answers ``value[].exportedCmdlets``, a
+        comma-separated string; that is how the EXO module builds its session and how CIPP
+        (New-ExoRequest, AvailableCmdlets) lists them (updates-2026-11.md §3). Some tenants answer
+        with a redirect to a tenant-specific host (ScubaGear); that, and any error, is "not
+        available" here, so callers fall back to the directory role."""
+        url = f"{self._http.settings.exchange_endpoint}/adminapi/v1.0/{self.tenant}/EXOModuleFile"
+        headers = {"Accept": "application/json", "CommandName": "*", "X-AnchorMailbox": self.anchor_for(None)}
+        try:
+            response = await self._http.client.get(url, params={"Version": module_version}, headers=headers)
+        except EsjProvisionError as exc:
+            log.debug("EXOModuleFile not available: %s", exc.message)
+            return None
+        payload = _json_object(response.content) if response.is_success else None
+        value = payload.get("value") if payload else None
+        if not isinstance(value, list):
+            log.debug("EXOModuleFile not available: HTTP %s", response.status_code)
+            return None
+        names: set[str] = set()
+        for item in value:
+            if isinstance(item, dict):
+                names.update(p.strip() for p in str(item.get("exportedCmdlets") or "").split(",") if p.strip())
+        return frozenset(names) if names else None
+
     # -- EWS organisation policy (updates-2026-11.md §1) ----------------------------------------
 
     async def get_ews_policy(self) -> EwsOrgPolicy:

@@ -1019,6 +1019,12 @@ def lookup(name: str) -> tuple[str, Spec]:
     return canon, CMDLETS[canon]
 
 
+def exported_cmdlets(levels: frozenset[str]) -> list[str]:
+    """What EXOModuleFile lists for an app whose roles give these levels: every cmdlet served
+    here that the roles allow (the real list holds hundreds more; clients look for theirs)."""
+    return sorted(name for name, spec in CMDLETS.items() if spec.level in levels)
+
+
 def execute(t: Tenant, name: str, params: dict[str, Any], levels: frozenset[str], caller: str) -> Result:
     """Run one cmdlet. Raises :class:`CmdletError`; the tenant changes only when ``applied``."""
     canon, spec = lookup(name)

@@ -207,6 +207,8 @@ def _assignments_json(t: Tenant, sp_id: str) -> list[dict[str, Any]]:
     out = []
     for res, names in ((graph, app.graph_roles), (exo, app.exchange_roles)):
         for n in names:
+            if n not in res.roles:
+                continue  # a role whose id is not modelled (tenant.TOKEN_ONLY_EXCHANGE_ROLES)
             out.append(
                 {
                     "id": f"{app.sp_object_id[:8]}{res.roles[n][:8]}", "deletedDateTime": None,

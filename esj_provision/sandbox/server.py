@@ -645,6 +645,11 @@ class SandboxServer:
         meta = request[_META]
         segs = graph.split_path(request.rel_url.raw_path[len("/exchange"):])
         if (
+            len(segs) == 4 and segs[0].lower() == "adminapi" and segs[1].lower() == "v1.0"
+            and segs[3].lower() == "exomodulefile" and request.method == "GET"
+        ):
+            return await self._exo_module_file(request, segs[2])
+        if (
             len(segs) != 4 or segs[0].lower() != "adminapi" or segs[1].lower() not in ("beta", "v1.0")
             or segs[3].lower() != "invokecommand"
         ):
@@ -740,6 +745,28 @@ class SandboxServer:
             query: dict[str, str] = {"$select": request.query["$select"]} if "$select" in request.query else {}
             out["@odata.nextLink"] = str(URL(f"{base}/InvokeCommand").with_query({**query, "$skiptoken": token}))
         return _json(out)
+
+    async def _exo_module_file(self, request: web.Request, tenant: str) -> web.Response:
+        """``GET /adminapi/v1.0/{tenant}/EXOModuleFile?Version=...`` with ``CommandName: *``: the
+        cmdlets the app's roles export, as ``value[].exportedCmdlets`` (one comma-separated string).
+        Undocumented; shape as CIPP's New-ExoRequest reads it (updates-2026-11.md §3). Without
+        ``CommandName`` the module file itself would come back: not served (404)."""
+        if not self.tenant.is_tenant(tenant):
+            return _json({"error": {"code": "NotFound", "message": f"Tenant '{tenant}' was not found."}}, 404)
+        try:
+            claims = self.mint.validate(request.headers.get("Authorization"), EXCHANGE_AUDIENCES)
+        except TokenProblem as p:
+            return self._exo_401(p.message, error=p.kind != "missing")
+        request[_META]["app_id"] = claims.get("appid")
+        if "Exchange.ManageAsApp" not in (claims.get("roles") or []):
+            return self._exo_401("The token does not carry the Exchange.ManageAsApp application role.")
+        if request.headers.get("CommandName", "").strip() != "*" or not request.query.get("Version"):
+            return _json({"error": {"code": "NotFound", "message": "The requested resource was not found."}}, 404)
+        levels: frozenset[str] = frozenset()
+        for wid in claims.get("wids") or []:
+            levels |= _LEVELS.get(wid, frozenset())
+        cmdlets = ",".join(exchange.exported_cmdlets(levels))
+        return _json({"@odata.context": "$metadata#EXOModuleFile", "value": [{"exportedCmdlets": cmdlets}]})
 
     # --- control API --------------------------------------------------------------------------
 

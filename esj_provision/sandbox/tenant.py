@@ -52,6 +52,11 @@ EXCHANGE_ROLES: dict[str, str] = {
     "POP.AccessAsApp": "cb842b43-da6e-4506-86fe-bb12199c656d",
     "SMTP.SendAsApp": "7146a1f0-8703-45b3-9eae-527a64c00995",
 }
+# Exchange app roles a token may carry whose appRole id is not confirmed publicly: tokens carry
+# role values, so a test can give an app one (set-app-roles), but Graph's appRoleAssignments and
+# requiredResourceAccess do not list it (they would need the id). Exchange.ManageAsAppV2 is the Admin
+# API v2.0's permission; InvokeCommand refuses a token that has only it (updates-2026-11.md §3).
+TOKEN_ONLY_EXCHANGE_ROLES = ("Exchange.ManageAsAppV2",)
 DIRECTORY_ROLES: dict[str, str] = {
     "Exchange Administrator": "29232cdf-9323-42fd-ade2-1d097af3e4de",
     "Exchange Recipient Administrator": "31392ffb-586c-42d1-9346-e59415a2cc4e",
@@ -636,7 +641,10 @@ def mutate(t: Tenant, op: dict[str, Any]) -> dict[str, Any]:
         app = _app(t, op.get("app"))
         resource = op.get("resource")
         roles = op.get("roles")
-        known = GRAPH_ROLES if resource == "graph" else EXCHANGE_ROLES if resource == "exchange" else None
+        known: Any = (
+            GRAPH_ROLES if resource == "graph"
+            else [*EXCHANGE_ROLES, *TOKEN_ONLY_EXCHANGE_ROLES] if resource == "exchange" else None
+        )
         if known is None:
             raise MutationError("resource must be 'graph' or 'exchange'")
         if not isinstance(roles, list) or any(r not in known for r in roles):
