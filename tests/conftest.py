@@ -1,8 +1,7 @@
 """Shared fixtures. The sandbox fixtures live in sandbox_fixtures.py (tests/ is on sys.path)."""
 
+import pytest
 from sandbox_fixtures import make_sandbox, sandbox, sandbox_client  # noqa: F401
-
-import pytest  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
