@@ -156,18 +156,29 @@ async def org_policy(session: Session) -> EwsOrgPolicy:
 
 
 async def read_verdict(
-    session: Session, app_id: str | None, mailboxes: list[str], *, service_account: bool = False
+    session: Session,
+    app_id: str | None,
+    mailboxes: list[str],
+    *,
+    service_account: bool = False,
+    trustee: str | None = None,
 ) -> EwsVerdict:
-    """Read the organisation policy and the CAS switch of each mailbox; UNKNOWN (with the reason)
-    if the policy cannot be read. A CAS row that cannot be read is said, not guessed."""
+    """Read the organisation policy and the CAS switch of each mailbox (and of the service account
+    ``trustee``, read once per session as for SMTP AUTH); UNKNOWN (with the reason) if the policy
+    cannot be read. A CAS row that cannot be read is said, not guessed."""
     try:
         policy = await org_policy(session)
     except EsjProvisionError as exc:
         return EwsVerdict(EwsState.UNKNOWN, f"cannot read the organisation's EWS policy: {exc.message}", exc.hint)
     cas: dict[str, CasMailbox | None] = {}
     unread: list[str] = []
-    reads = await asyncio.gather(*(session.exchange.get_cas_mailbox(m) for m in mailboxes), return_exceptions=True)
-    for mailbox, row in zip(mailboxes, reads):
+    names = [*mailboxes, *([trustee] if trustee else [])]
+    reads = await asyncio.gather(
+        *(session.exchange.get_cas_mailbox(m) for m in mailboxes),
+        *([session.trustee_cas_mailbox(trustee)] if trustee else []),
+        return_exceptions=True,
+    )
+    for mailbox, row in zip(names, reads):
         if isinstance(row, EsjProvisionError):
             cas[mailbox] = None
             unread.append(f"{mailbox}: {row.message}")
@@ -328,10 +339,11 @@ async def check_ews(session: Session, plan: Any) -> None:
         return
     plan.add("warning", "ews-retiring", sunset)
     app_id = request.trustee if request.trustee_is_app else request.esj_app_id
-    mailboxes = [plan.mailbox_id]
-    if not request.trustee_is_app:
-        mailboxes.append(plan.trustee_id)
-    verdict = await read_verdict(session, app_id, mailboxes, service_account=not request.trustee_is_app)
+    # Delegated EWS is also blocked by the signed-in account's own CAS switch (the sandbox-mail
+    # interface says so; Microsoft's page speaks of "this user or tenant").
+    trustee = None if request.trustee_is_app else plan.trustee_id
+    verdict = await read_verdict(session, app_id, [plan.mailbox_id], service_account=trustee is not None,
+                                 trustee=trustee)
     plan.ews = verdict
     if verdict.works:
         plan.add("info", "ews-allowed", verdict.message)
