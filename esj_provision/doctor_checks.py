@@ -20,7 +20,7 @@ from .provision.ews_policy import EwsState, read_verdict
 from .provision.privilege import NEEDS, cmdlet_gaps, role_advice
 
 if TYPE_CHECKING:
-    from .doctor import DoctorReport
+    from .doctor import DoctorReport, Status
     from .microsoft.session import Session
 
 UNDOCUMENTED = "EXOModuleFile listing: undocumented endpoint, unconfirmed"
@@ -85,6 +85,5 @@ async def ews_checks(
         report.add("esj-ews-policy", "error", f"cannot read the EWS policy: {exc.message}", exc.hint, group=group)
         return
     report.context["ews"] = verdict.to_dict()
-    status = {EwsState.ALLOWED: "ok", EwsState.UNKNOWN: "warning"}.get(verdict.state, "missing")
-    report.add("esj-ews-policy", status, f"EWS: {verdict.state.value}: {verdict.message}",  # type: ignore[arg-type]
-               verdict.fix, group=group)
+    status: Status = "ok" if verdict.works else "warning" if verdict.state is EwsState.UNKNOWN else "missing"
+    report.add("esj-ews-policy", status, f"EWS: {verdict.state.value}: {verdict.message}", verdict.fix, group=group)

@@ -399,3 +399,28 @@ def test_migrate_invalid_manifest_is_exit_2(cli: Cli, tmp_path: Path) -> None:
     (tmp_path / "m.csv").write_text("mailbox,trustee,inbound,outbound\nnot-an-address,x,ews,ews\n")
     r = cli("migrate", "m.csv", "--to", "graph", "--esj-app", "2db3fd6d-47fc-4750-ace0-99b31d4ba2de")
     assert r.exit_code == 2 and "line 2" in r.stderr
+
+
+def test_new_commands_never_show_a_secret_or_token(sb: Sandbox, cli: Cli, tmp_path: Path) -> None:
+    write_manifest(tmp_path / "m.csv", [("support@contoso.com", TRUSTEE, "ews", "ews")])
+    results = [
+        cli("ews", "allow", "--esj-app", sb.esj_app_id, "--enable-ews", "-v"),
+        cli("migrate", "m.csv", "--to", "graph", "--esj-app", sb.esj_app_id, "--out-dir", "out", "-v"),
+        cli("doctor", "--inbound", "ews", "--esj-app", sb.esj_app_id, "-v"),
+    ]
+    secret = sb.env["AZURE_CLIENT_SECRET"]
+    texts = [r.stdout + r.stderr for r in results]
+    texts += [p.read_text() for p in tmp_path.rglob("*") if p.is_file() and p.suffix in {".jsonl", ".cfg", ".csv"}]
+    assert all(r.exit_code in (0, 1) for r in results)
+    for text in texts:
+        assert secret not in text and "eyJ" not in text
+
+
+def test_audit_cannot_read_the_ews_policy_is_unknown_exit_1(sb: Sandbox, cli: Cli, tmp_path: Path) -> None:
+    write_manifest(tmp_path / "m.csv", [("support@contoso.com", TRUSTEE, "ews", "graph")])
+    assert cli("bulk", "m.csv", "--out-dir", "out").exit_code == 0
+    sb.queue_fault("503", service="exchange", cmdlet="Get-OrganizationConfig", count=20, retry_after=0)
+    r = cli("audit", "m.csv", "--format", "json")
+    row = json.loads(r.stdout)["rows"][0]
+    assert r.exit_code == 1 and row["status"] == "unknown"
+    assert any("cannot read the organisation's EWS policy" in e for e in row["errors"])
