@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -401,13 +402,30 @@ def test_migrate_invalid_manifest_is_exit_2(cli: Cli, tmp_path: Path) -> None:
     assert r.exit_code == 2 and "line 2" in r.stderr
 
 
-def test_new_commands_never_show_a_secret_or_token(sb: Sandbox, cli: Cli, tmp_path: Path) -> None:
+@pytest.fixture
+def restored_logger() -> Iterator[None]:
+    """-v adds a handler on CliRunner's stream, which is closed after the run: take it off again."""
+    logger = logging.getLogger("esj_provision")
+    handlers, level = logger.handlers[:], logger.level
+    try:
+        yield
+    finally:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+
+
+def test_new_commands_never_show_a_secret_or_token(
+    sb: Sandbox, cli: Cli, tmp_path: Path, restored_logger: None
+) -> None:
     write_manifest(tmp_path / "m.csv", [("support@contoso.com", TRUSTEE, "ews", "ews")])
-    results = [
-        cli("ews", "allow", "--esj-app", sb.esj_app_id, "--enable-ews", "-v"),
-        cli("migrate", "m.csv", "--to", "graph", "--esj-app", sb.esj_app_id, "--out-dir", "out", "-v"),
-        cli("doctor", "--inbound", "ews", "--esj-app", sb.esj_app_id, "-v"),
-    ]
+    results = []
+    for args in (
+        ("ews", "allow", "--esj-app", sb.esj_app_id, "--enable-ews", "-v"),
+        ("migrate", "m.csv", "--to", "graph", "--esj-app", sb.esj_app_id, "--out-dir", "out", "-v"),
+        ("doctor", "--inbound", "ews", "--esj-app", sb.esj_app_id, "-v"),
+    ):
+        logging.getLogger("esj_provision").handlers.clear()
+        results.append(cli(*args))
     secret = sb.env["AZURE_CLIENT_SECRET"]
     texts = [r.stdout + r.stderr for r in results]
     texts += [p.read_text() for p in tmp_path.rglob("*") if p.is_file() and p.suffix in {".jsonl", ".cfg", ".csv"}]
