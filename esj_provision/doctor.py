@@ -331,9 +331,8 @@ def _directory_roles(report: DoctorReport, wids: set[str], exchange_ok: bool, or
 
 async def _graph_probe(session: Session, report: DoctorReport) -> str | None:
     """One small Graph read; returns the response's Date header for the clock check."""
-    url = f"{session.settings.graph_endpoint}/v1.0/users?$top=1&$select=id"
     try:
-        response = await session.http.client.get(url, headers={"Accept": "application/json"})
+        response = await session.graph.probe()
     except EsjProvisionError as exc:
         report.add("graph-access", "error", f"Graph did not answer: {exc.message}", exc.hint)
         return None

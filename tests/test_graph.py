@@ -110,7 +110,7 @@ def test_sdk_uses_the_shared_client_without_middleware() -> None:
     router = respx.Router()
     env = Env(router)
     env.graph.user_request(UPN)  # builds the SDK client
-    assert env.graph._adapter._http_client is env.http.client
+    assert env.graph._adapter._http_client is env.http.graph_client
     assert env.graph._adapter.base_url == V1
 
 
@@ -469,3 +469,38 @@ def test_dollar_upn_in_a_batch_uses_the_key_form() -> None:
 
     run(Env(router).graph.lookup_many(["$svc@contoso.com"]))
     assert unquote(log[0][0]["url"]).startswith("/users('$svc@contoso.com')?$select=")
+
+
+def test_throttled_batch_items_are_retried_after_retry_after_not_later() -> None:
+    """Issue 14: with the Graph pacer at a steady rate, throttled batch items were sent again
+    4-7 s apart although Retry-After said 1 s: the batch's whole weight stayed reserved in the
+    pacer although Graph had turned the items away. Retry-After is honoured as given."""
+    router = respx.Router()
+    log: list[list[dict[str, Any]]] = []
+    sent_at: list[float] = []
+    throttled_once: set[str] = set()
+    env = Env(router)
+
+    def item(sub: dict[str, Any]) -> dict[str, Any]:
+        ref = ref_of(sub)
+        if ref not in throttled_once:
+            throttled_once.add(ref)
+            return {"status": 429, "headers": {"Retry-After": "1"},
+                    "body": {"error": {"code": "TooManyRequests", "message": "Too many requests"}}}
+        return {"status": 200, "body": user_body(ref)}
+
+    answer = batch_answer(item, log)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent_at.append(env.time.now)
+        return answer(request)
+
+    router.post(BATCH).side_effect = handler
+    pacer = env.http.transport.pacers["graph"]
+    pacer.ceiling, pacer.rate = 5.0, 4.0  # paced after an earlier 429: 20 items reserve 5 s
+
+    refs = [f"u{n}@contoso.com" for n in range(20)]
+    results = run(env.graph.lookup_many(refs))
+    assert all(r.ok for r in results.values())
+    assert len(log) == 2 and len(log[1]) == 20
+    assert sent_at[1] - sent_at[0] == pytest.approx(1.0)

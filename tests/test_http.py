@@ -21,6 +21,7 @@ from esj_provision.microsoft.http import (
     MicrosoftTransport,
     Resource,
     RetryPolicy,
+    ServiceAuth,
     parse_retry_after,
 )
 
@@ -61,14 +62,19 @@ def bare_transport(
     s = settings()
     transport = MicrosoftTransport(
         httpx.MockTransport(router.async_handler),
-        resources=[Resource("graph", s.graph_endpoint, s.cloud.graph_scope)],
-        tokens=FakeTokens(),  # type: ignore[arg-type]
         policy=policy,
         pacers={},
         sleep=ft.sleep,
         rng=random.Random(seed),
     )
-    return transport, httpx.AsyncClient(transport=transport)
+    auth = ServiceAuth(
+        [Resource("graph", s.graph_endpoint, s.cloud.graph_scope)],
+        FakeTokens(),  # type: ignore[arg-type]
+        policy,
+        transport.stats,
+        service="graph",
+    )
+    return transport, httpx.AsyncClient(transport=transport, auth=auth)
 
 
 # -- request ids and tokens -------------------------------------------------------------------

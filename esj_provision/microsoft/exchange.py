@@ -443,7 +443,7 @@ class ExchangeClient:
         request_id: str | None = None
         url = self.url
         for page in range(1, MAX_PAGES + 1):
-            response = await self._http.client.post(url, content=body, headers=headers, extensions=extensions)
+            response = await self._http.exchange_client.post(url, content=body, headers=headers, extensions=extensions)
             if page == 1:
                 request_id = _request_id(response.headers)
             if not response.is_success:

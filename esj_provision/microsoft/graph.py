@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import random
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -45,6 +44,7 @@ log = logging.getLogger(__name__)
 USER_SELECT = ("id", "userPrincipalName", "mail", "displayName", "accountEnabled")
 SP_SELECT = ("id", "appId", "displayName")
 BATCH_LIMIT = 20  # Graph's hard limit of requests in one $batch
+MAX_PAGES = 50  # app roles, applications: a handful of items; this only guards against a paging loop
 
 # What each operation reads, and the application permission it needs.
 _OPS: dict[str, tuple[str, str]] = {
@@ -146,14 +146,20 @@ def graph_error(
     )
 
 
-def _error_fields(payload: Any) -> tuple[str, str, str | None]:
-    """code, message and request id of a Graph error body ``{"error":{"code","message","innerError"}}``."""
+def _error_fields(payload: Any, headers: Any = None) -> tuple[str, str, str | None]:
+    """code, message and request id of a Graph error body ``{"error":{"code","message","innerError"}}``,
+    the request id from the ``request-id`` header when the body has none (or is not Graph's JSON).
+    The one parser of Graph error bodies: single calls, batch items and outer batch failures."""
     err = payload.get("error") if isinstance(payload, dict) else None
-    if not isinstance(err, dict):
-        return "", "", None
+    err = err if isinstance(err, dict) else {}
     inner = err.get("innerError") or err.get("innererror") or {}
-    rid = inner.get("request-id") if isinstance(inner, dict) else None
+    rid = (inner.get("request-id") if isinstance(inner, dict) else None) or _header(headers, "request-id")
     return str(err.get("code") or ""), str(err.get("message") or ""), str(rid) if rid else None
+
+
+def _filter(prop: str, value: str) -> str:
+    """``$filter=prop eq 'value'`` (an OData string literal, quotes doubled), percent-encoded."""
+    return quote(f"{prop} eq '{value.replace(chr(39), chr(39) * 2)}'", safe="")
 
 
 def _header(headers: Any, name: str) -> str | None:
@@ -227,7 +233,6 @@ class GraphClient:
         self.base_url = f"{http.settings.graph_endpoint}/v1.0"
         self._concurrency = max(1, concurrency)
         self._batch_size = max(1, min(BATCH_LIMIT, batch_size))
-        self._rng = random.Random()
         self._sdk: Any = None
         self._adapter: Any = None
 
@@ -238,7 +243,7 @@ class GraphClient:
 
             # Anonymous: the transport adds the bearer token. client=: the shared client exactly as
             # it is, so kiota adds no retry/redirect middleware of its own.
-            adapter = GraphRequestAdapter(AnonymousAuthenticationProvider(), client=self._http.client)
+            adapter = GraphRequestAdapter(AnonymousAuthenticationProvider(), client=self._http.graph_client)
             # Explicit, without a trailing slash: otherwise the SDK derives it from the httpx client
             # and requests go to /v1.0//users/... (dependencies.md §3).
             adapter.base_url = self.base_url
@@ -385,43 +390,40 @@ class GraphClient:
         users: dict[str, DirectoryUser] = {}
         purposes: dict[str, str] = {}
         errors: dict[tuple[str, str], EsjProvisionError] = {}
-        policy = self._http.transport.policy
-        pending, attempt, waited = items, 0, 0.0
+        budget = self._http.budget()
+        pacer = self._http.pacer("graph")
+        pending = items
         while pending:
-            attempt += 1
+            budget.start()
             outcomes = await self._run_batches(pending)
             retry: list[_Item] = []
             waits: list[float] = []
-            throttled = False
-            pacer = self._http.transport.pacers.get("graph")
             answered = sum(1 for o in outcomes if o.status < 400 or o.status in {403, 404})
             if pacer is not None and answered:
                 pacer.on_success(answered)  # items Graph served (an error answer is served too)
             for o in outcomes:
-                if o.status in RETRYABLE_STATUS and not o.final and attempt < policy.max_attempts:
+                if o.status in RETRYABLE_STATUS and not o.final and budget.attempt < budget.policy.max_attempts:
                     retry.append(o.item)
-                    ra = parse_retry_after(_header(o.headers, "retry-after"))
-                    waits.append(policy.backoff(attempt, ra, self._rng))
-                    throttled = throttled or o.status == 429
+                    waits.append(budget.delay(parse_retry_after(_header(o.headers, "retry-after"))))
                     continue
                 self._record(o, first[o.item.key], users, purposes, errors)
             if not retry:
                 break
-            delay = max(waits)
-            if waited + delay > policy.max_total_wait:
+            throttled = sum(1 for o in outcomes if o.status == 429 and o.item in retry)
+            delay = budget.take(max(waits))
+            if delay is None:
                 for item in retry:
                     errors[(item.key, item.kind)] = graph_error(
                         429, "", "", None, op=item.kind, ref=first[item.key]
                     )
                 break
-            waited += delay
             log.debug("%d batch item(s) throttled or failed; again in %.2fs", len(retry), delay)
             if throttled and pacer is not None:
                 # The pacer pauses every Graph caller and slows down; the next $batch POST waits
                 # out the delay in the transport's acquire().
-                pacer.on_throttle(delay)
+                pacer.on_throttle(delay, refused=throttled)
             else:
-                await self._http.transport.sleep(delay)
+                await budget.sleep(delay)
             pending = retry
 
         out: dict[str, LookupResult] = {}
@@ -475,7 +477,7 @@ class GraphClient:
         """One $batch POST and an outcome for every item; an outer failure (already retried by the
         transport) becomes a final outcome with that status for each of its items."""
         requests = [{"id": str(n), "method": "GET", "url": item.url} for n, item in enumerate(chunk, 1)]
-        response = await self._http.client.post(
+        response = await self._http.graph_client.post(
             f"{self.base_url}/$batch",
             json={"requests": requests},
             headers={"Accept": "application/json"},
@@ -503,10 +505,65 @@ class GraphClient:
 
     @staticmethod
     def _outer_body(response: httpx.Response, payload: Any) -> Any:
-        if isinstance(payload, dict) and "error" in payload:
-            error = dict(payload["error"]) if isinstance(payload["error"], dict) else {}
-            inner = error.get("innerError") or {}
-            if isinstance(inner, dict) and not inner.get("request-id") and response.headers.get("request-id"):
-                error["innerError"] = {**inner, "request-id": response.headers["request-id"]}
-            return {"error": error}
-        return {"error": {"innerError": {"request-id": response.headers.get("request-id")}}}
+        code, message, rid = _error_fields(payload, response.headers)
+        return {"error": {"code": code, "message": message, "innerError": {"request-id": rid}}}
+
+    # -- plain JSON reads (no SDK model for these, or none worth its parsing cost) -----------------
+
+    async def get_json(self, path: str, *, op: str, ref: str) -> dict[str, Any]:
+        """One Graph GET (``path`` relative to /v1.0 and already encoded, or an absolute nextLink),
+        as JSON; errors mapped by :func:`graph_error`."""
+        url = path if path.startswith(("https://", "http://")) else f"{self.base_url}{path}"
+        response = await self._http.graph_client.get(url, headers={"Accept": "application/json"})
+        try:
+            payload = response.json() if response.content else {}
+        except ValueError:
+            payload = None
+        if not response.is_success:
+            code, message, rid = _error_fields(payload, response.headers)
+            raise graph_error(response.status_code, code, message, rid, op=op, ref=ref)
+        if not isinstance(payload, dict):
+            raise ServiceError(f"{ref}: Graph answered with a body that is not JSON")
+        return payload
+
+    async def list_all(self, path: str, *, op: str, ref: str) -> list[dict[str, Any]]:
+        """Every item of a paged collection, following ``@odata.nextLink``."""
+        items: list[dict[str, Any]] = []
+        url: str | None = path
+        for _ in range(MAX_PAGES):
+            if url is None:
+                return items
+            page = await self.get_json(url, op=op, ref=ref)
+            items += [v for v in page.get("value") or [] if isinstance(v, dict)]
+            link = page.get("@odata.nextLink")
+            url = str(link) if link else None
+        raise ServiceError(f"{ref}: more than {MAX_PAGES} pages; refusing to return a truncated list")
+
+    async def application_object_id(self, app_id: str) -> str | None:
+        """The App registration's object id (``/applications``), or None when the app is not
+        registered in this tenant (a multi-tenant app registered elsewhere)."""
+        items = await self.list_all(
+            f"/applications?$filter={_filter('appId', app_id)}&$select=id,appId", op="service_principal", ref=app_id
+        )
+        return str(items[0]["id"]) if items and items[0].get("id") else None
+
+    async def app_role_assignments(self, sp_id: str) -> list[dict[str, Any]]:
+        """The app roles (application permissions with admin consent) a service principal holds."""
+        return await self.list_all(
+            f"/servicePrincipals/{quote(sp_id, safe='')}/appRoleAssignments", op="service_principal", ref=sp_id
+        )
+
+    async def resource_service_principal(self, sp_id: str) -> dict[str, Any]:
+        """A resource's service principal with its appRoles (to name an assignment's role id)."""
+        return await self.get_json(
+            f"/servicePrincipals/{quote(sp_id, safe='')}?$select=id,appId,displayName,appRoles",
+            op="service_principal",
+            ref=sp_id,
+        )
+
+    async def probe(self) -> httpx.Response:
+        """One small read (``/users?$top=1``), answered as it came, for ``doctor``: it reports the
+        status in its own words and reads the Date header for the clock check."""
+        return await self._http.graph_client.get(
+            f"{self.base_url}/users?$top=1&$select=id", headers={"Accept": "application/json"}
+        )

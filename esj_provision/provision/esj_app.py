@@ -9,8 +9,8 @@ Two identities matter when ESJ signs in as itself (client credentials):
   *enterprise application's* object id. Exchange accepts the *app registration's* object id just
   as well, and the app's sign-ins then fail (reference §6): the trap this module detects.
 
-Graph reads here go through the shared client (tokens, retries, pacing) as plain JSON: app-role
-assignments, the resources' role names and the app registration are read by no other command.
+Graph reads (app-role assignments, the resources' role names, the app registration) are
+:class:`~esj_provision.microsoft.graph.GraphClient`'s, like every other Graph call.
 """
 
 from __future__ import annotations
@@ -18,10 +18,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
-from ..errors import EsjProvisionError, ServiceError
-from ..microsoft.graph import graph_error
+from ..errors import EsjProvisionError
 from ..models import Inbound, Outbound, ServicePrincipal, State
 from .journal import Journal
 from .writes import Step, run_step
@@ -33,7 +31,6 @@ GRAPH_APP_ID = "00000003-0000-0000-c000-000000000000"
 EXCHANGE_APP_ID = "00000002-0000-0ff1-ce00-000000000000"
 RESOURCE_NAMES = {GRAPH_APP_ID: "graph", EXCHANGE_APP_ID: "exchange"}
 RESOURCE_TITLES = {"graph": "Microsoft Graph", "exchange": "Office 365 Exchange Online"}
-MAX_PAGES = 50  # an app holds a handful of roles; this only guards against a paging loop
 
 # Application permissions that reach every mailbox of the tenant, whatever the mailbox ACLs say.
 # IMAP/POP.AccessAsApp and SMTP.SendAsApp are not here: they work only where the app's Exchange
@@ -174,56 +171,13 @@ class AppIdentity:
         return what, fix
 
 
-async def _graph_get(session: Session, path: str, *, ref: str) -> dict[str, Any]:
-    """One Graph GET (``path`` relative to /v1.0, already encoded), as JSON; errors mapped."""
-    # A nextLink is absolute; the transport only adds the token for the configured Graph endpoint.
-    url = path if path.startswith(("https://", "http://")) else f"{session.settings.graph_endpoint}/v1.0{path}"
-    response = await session.http.client.get(url, headers={"Accept": "application/json"})
-    try:
-        payload = response.json() if response.content else {}
-    except ValueError:
-        payload = None
-    if not response.is_success:
-        err = payload.get("error") if isinstance(payload, dict) else None
-        err = err if isinstance(err, dict) else {}
-        inner = err.get("innerError") or {}
-        rid = (inner.get("request-id") if isinstance(inner, dict) else None) or response.headers.get("request-id")
-        raise graph_error(
-            response.status_code, str(err.get("code") or ""), str(err.get("message") or ""), rid,
-            op="service_principal", ref=ref,
-        )
-    if not isinstance(payload, dict):
-        raise ServiceError(f"{ref}: Graph answered with a body that is not JSON")
-    return payload
-
-
-async def _graph_list(session: Session, path: str, *, ref: str) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = []
-    url: str | None = path
-    for _ in range(MAX_PAGES):
-        if url is None:
-            return items
-        page = await _graph_get(session, url, ref=ref)
-        items += [v for v in page.get("value") or [] if isinstance(v, dict)]
-        link = page.get("@odata.nextLink")
-        url = str(link) if link else None
-    raise ServiceError(f"{ref}: more than {MAX_PAGES} pages; refusing to return a truncated list")
-
-
-def _filter(prop: str, value: str) -> str:
-    return quote(f"{prop} eq '{value.replace(chr(39), chr(39) * 2)}'", safe="")
-
-
 async def app_registration_object_id(session: Session, app_id: str) -> str | None:
     """The App registration's object id, when the app is registered in this tenant (a multi-tenant
     ESJ app registered elsewhere has none here); None also when it cannot be read."""
     try:
-        items = await _graph_list(
-            session, f"/applications?$filter={_filter('appId', app_id)}&$select=id,appId", ref=app_id
-        )
+        return await session.graph.application_object_id(app_id)
     except EsjProvisionError:
         return None
-    return str(items[0]["id"]) if items and items[0].get("id") else None
 
 
 class AppLookupError(EsjProvisionError):
@@ -273,13 +227,10 @@ async def app_roles(session: Session, sp_id: str) -> dict[str, set[str]]:
     """The application permissions (app roles with admin consent) a service principal holds, by
     resource: ``{"graph": {"Mail.ReadWrite"}, "exchange": {"IMAP.AccessAsApp"}}``. Role ids are
     turned into names through each resource's own appRoles, never a hard-coded table."""
-    assignments = await _graph_list(session, f"/servicePrincipals/{quote(sp_id, safe='')}/appRoleAssignments",
-                                    ref=sp_id)
+    assignments = await session.graph.app_role_assignments(sp_id)
     resources: dict[str, dict[str, Any]] = {}
     for rid in {str(a.get("resourceId")) for a in assignments if a.get("resourceId")}:
-        resources[rid] = await _graph_get(
-            session, f"/servicePrincipals/{quote(rid, safe='')}?$select=id,appId,displayName,appRoles", ref=rid
-        )
+        resources[rid] = await session.graph.resource_service_principal(rid)
     out: dict[str, set[str]] = {}
     for a in assignments:
         res = resources.get(str(a.get("resourceId")), {})
