@@ -37,6 +37,36 @@ class State(str, Enum):
     UNKNOWN = "unknown"
 
 
+class Outcome(str, Enum):
+    """What became of one change (a delegation, a registration, a scope step). The values are the
+    words the JSON output and the journal have always carried."""
+
+    APPLIED = "applied"
+    REMOVED = "removed"
+    ALREADY_PRESENT = "already-present"
+    ALREADY_ABSENT = "already-absent"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+    SKIPPED = "skipped"
+    NOT_APPLIED = "not-applied"  # journal only: a read-back found a lost write had not been applied
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def changed(self) -> bool:
+        return self in {Outcome.APPLIED, Outcome.REMOVED}
+
+    @property
+    def already(self) -> bool:
+        return self in {Outcome.ALREADY_PRESENT, Outcome.ALREADY_ABSENT}
+
+    @property
+    def bad(self) -> bool:
+        """Failed, or not known to have worked: the row (or step) did not reach its goal."""
+        return self in {Outcome.FAILED, Outcome.UNKNOWN}
+
+
 def parse_inbound(value: str) -> Inbound:
     try:
         return Inbound(value.strip().lower())
