@@ -25,9 +25,11 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
+from . import hints
 from .doctor_checks import ews_checks, least_privilege
 from .errors import AccessDeniedError, AuthError, EsjProvisionError, ExitStatus
 from .models import Inbound, Outbound
+from .provision import powershell
 from .provision.esj_app import (
     WIDER_FIX,
     AppIdentity,
@@ -276,17 +278,14 @@ async def _exchange_probe(session: Session, report: DoctorReport) -> None:
                 "exchange-admin",
                 "missing",
                 "Exchange refused the app's token (401): no Exchange.ManageAsApp permission, or no admin consent",
-                "in the provisioning app's registration add Office 365 Exchange Online > Exchange.ManageAsApp "
-                "(Application) and grant admin consent",
+                hints.EXCHANGE_CONSENT,
             )
         else:
             report.add(
                 "exchange-admin",
                 "missing",
                 "Exchange refused the call (403): the app holds Exchange.ManageAsApp but no Exchange admin role",
-                "in Entra ID > Roles and administrators, assign Exchange Administrator (or Exchange Recipient "
-                "Administrator, enough for mailbox grants) to the provisioning app's enterprise application; a "
-                "new role can take a while to reach Exchange",
+                hints.EXCHANGE_ROLE,
             )
         return
     except EsjProvisionError as exc:
@@ -324,8 +323,7 @@ def _directory_roles(report: DoctorReport, wids: set[str], exchange_ok: bool, or
             "directory-role",
             "missing",
             "no Exchange Administrator or Exchange Recipient Administrator directory role in the token (wids)",
-            "in Entra ID > Roles and administrators, assign Exchange Administrator (or Exchange Recipient "
-            "Administrator) to the provisioning app's enterprise application",
+            hints.EXCHANGE_ROLE,
         )
 
 
@@ -365,7 +363,7 @@ def _sp_fix(ident: AppIdentity) -> str:
     oid = ident.sp.id if ident.sp else "<enterprise application object id>"
     return (
         f"esj-provision onboard MAILBOX --trustee-app {ident.app_id} ... registers it, or in Exchange Online "
-        f"PowerShell: New-ServicePrincipal -AppId {ident.app_id} -ObjectId {oid} -DisplayName '{ident.name}' "
+        f"PowerShell: {powershell.new_service_principal(ident.app_id, oid, ident.name)} "
         "(the Enterprise application's object id, not the App registration's)"
     )
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
+from .. import hints
 from ..errors import (
     AccessDeniedError,
     AmbiguousWriteError,
@@ -69,16 +70,6 @@ _ALREADY_PRESENT = ("already present", "already exists", "already has")
 _NOT_PRESENT = ("doesn't exist", "does not exist", "isn't present", "is not present")
 
 _RBAC_DENIED = ("cmdletaccessdenied", "isn't supported in this scenario", "is not supported in this scenario")
-
-_ROLE_HINT = (
-    "in Entra ID > Roles and administrators, assign Exchange Administrator (or Exchange Recipient "
-    "Administrator, which covers mailbox and Send As grants) to the provisioning app's service "
-    "principal (its enterprise application); a new role can take a while to reach Exchange"
-)
-_CONSENT_HINT = (
-    "in the app registration add API permission Office 365 Exchange Online > Exchange.ManageAsApp "
-    "(Application) and grant admin consent; check that the token is for this tenant and cloud"
-)
 
 # "Ex6F9304|Microsoft.Exchange...ManagementObjectNotFoundException|text" or "|Type.Name|text".
 _DETAIL_PREFIX = re.compile(r"^[^|\s]*\|([\w.`]+)\|")
@@ -178,7 +169,7 @@ def map_error(
         return AccessDeniedError(
             f"{cmdlet}: Exchange refused the app's token (401): the app has no Exchange.ManageAsApp "
             f"permission (or admin consent is missing){f': {diag}' if diag else ''}",
-            hint=_CONSENT_HINT,
+            hint=hints.EXCHANGE_CONSENT,
             **kw,
         )
     if status == 403:
@@ -188,16 +179,16 @@ def map_error(
             return AccessDeniedError(
                 f"{cmdlet}: Exchange refused the call (403): the app has the Exchange.ManageAsApp "
                 "permission but no Exchange admin role" + (f" ({diag})" if diag else ""),
-                hint=_ROLE_HINT,
+                hint=hints.EXCHANGE_ROLE,
                 **kw,
             )
         if any(marker in haystack for marker in _RBAC_DENIED):
             return AccessDeniedError(
                 f"{cmdlet}: the app's Exchange role does not allow this cmdlet (missing RBAC role): {said}",
-                hint=_ROLE_HINT,
+                hint=hints.EXCHANGE_ROLE,
                 **kw,
             )
-        return AccessDeniedError(f"{cmdlet}: Exchange denied access (403): {said}", hint=_ROLE_HINT, **kw)
+        return AccessDeniedError(f"{cmdlet}: Exchange denied access (403): {said}", hint=hints.EXCHANGE_ROLE, **kw)
     not_found = "managementobjectnotfound" in haystack or "couldn't be found on" in haystack
     if status == 404 or (status == 400 and not_found):
         if payload is None or not (message or not_found):

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EsjProvisionError
-from ..models import Inbound, Outbound, ServicePrincipal, State
+from ..models import Inbound, Outbound, Outcome, ServicePrincipal, State
+from . import powershell
 from .journal import Journal
 from .writes import Step, run_step
 
@@ -163,8 +164,8 @@ class AppIdentity:
                 f"its Enterprise application's object id ({right}): the app's sign-ins will fail"
             )
         fix = (
-            f"in Exchange Online PowerShell: Remove-ServicePrincipal -Identity {oid}; "
-            f"New-ServicePrincipal -AppId {self.app_id} -ObjectId {right} -DisplayName '{self.name}'; then grant "
+            f"in Exchange Online PowerShell: {powershell.remove_service_principal(oid)}; "
+            f"{powershell.new_service_principal(self.app_id, right, self.name)}; then grant "
             "Full Access again (esj-provision onboard MAILBOX --trustee-app ...): the old grants belong to the "
             "removed registration. Nothing was changed automatically."
         )
@@ -339,7 +340,7 @@ def registration_step(ident: AppIdentity) -> Step:
     return Step(
         op="new-service-principal",
         target=f"Exchange service principal of {ident.name}",
-        command=f"New-ServicePrincipal -AppId {ident.app_id} -ObjectId {oid} -DisplayName '{ident.name}'",
+        command=powershell.new_service_principal(ident.app_id, oid, ident.name),
         key_mailbox="(organization)",
         key_trustee=ident.app_id,
         current=State.ABSENT if ident.exo is None else State.PRESENT,
@@ -372,22 +373,23 @@ async def _register(session: Session, ident: AppIdentity, step: Step, journal: J
         return ident.exo is not None
 
     await run_step(
+        session.http,
         step,
         journal,
         lambda: session.exchange.new_service_principal(ident.app_id, sp.id, ident.name),
         present,
     )
-    if step.outcome in {"applied", "already-present"}:
+    if step.outcome in {Outcome.APPLIED, Outcome.ALREADY_PRESENT}:
         # Read back what Exchange recorded: later steps address the app by it, and a row that was
         # "already" there may carry another object id (registered meanwhile by someone else).
         try:
             await present()
         except EsjProvisionError as exc:
-            step.outcome, step.error = "unknown", f"registered, but cannot read it back: {exc.message}"
+            step.outcome, step.error = Outcome.UNKNOWN, f"registered, but cannot read it back: {exc.message}"
             return step
         if ident.exo is None:
-            step.outcome, step.error = "failed", "Exchange does not list the service principal after registering it"
+            step.outcome, step.error = Outcome.FAILED, "Exchange does not list the service principal after registering it"
         elif ident.registration != "ok":
             ident.app_object_id = ident.app_object_id or await app_registration_object_id(session, ident.app_id)
-            step.outcome, (step.error, step.hint) = "failed", ident.mismatch()
+            step.outcome, (step.error, step.hint) = Outcome.FAILED, ident.mismatch()
     return step

@@ -18,21 +18,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import (
     AccessDeniedError,
-    AmbiguousWriteError,
     AuthError,
     EsjProvisionError,
     MailboxNotEnabledForRestError,
     NotFoundError,
 )
 from ..microsoft.exchange import holds
-from ..models import DirectoryUser, Inbound, Outbound, Right, State
+from ..models import DirectoryUser, Inbound, Outbound, Outcome, Right, State
 from .journal import Entry, Journal
 
 if TYPE_CHECKING:
@@ -48,10 +46,6 @@ PROPAGATION_NOTE = (
     "'granted, pending propagation' is not a failure. Re-run this command or `esj-provision audit` "
     "later to check; a re-run changes nothing."
 )
-# Sends of one write whose answer was lost. Each resend follows a read-back showing it was not
-# applied, and a backoff pause, so a moment of 503s or resets does not fail the row.
-AMBIGUOUS_WRITE_TRIES = 4
-_resend_rng = random.Random()
 
 
 @dataclass
@@ -82,7 +76,7 @@ class Delegation:
     desired: State  # PRESENT for onboard, ABSENT for offboard
     current: State = State.UNKNOWN
     error: str | None = None  # why current is UNKNOWN
-    outcome: str | None = None  # applied, already-present, removed, already-absent, failed, unknown
+    outcome: Outcome | None = None
     request_id: str | None = None
     verified: State | None = None
 
@@ -121,7 +115,7 @@ class Plan:
     @property
     def failed(self) -> bool:
         step_failed = self.sp_step is not None and self.sp_step.failed
-        return self.refused or step_failed or any(d.outcome in {"failed", "unknown"} for d in self.delegations)
+        return self.refused or step_failed or any(d.outcome is not None and d.outcome.bad for d in self.delegations)
 
     @property
     def mailbox_id(self) -> str:
@@ -481,59 +475,26 @@ async def _write(session: Session, plan: Plan, d: Delegation) -> Any:
 
 
 async def apply_delegation(session: Session, plan: Plan, d: Delegation, journal: Journal) -> None:
-    entry = Entry(d.op, plan.mailbox_id, plan.trustee_id)
-    done_word = "applied" if d.desired is State.PRESENT else "removed"
-    for attempt in range(1, AMBIGUOUS_WRITE_TRIES + 1):
-        journal.intent(entry, attempt=attempt)
-        try:
-            result = await _write(session, plan, d)
-        except AmbiguousWriteError as exc:
-            journal.event(
-                "ambiguous",
-                entry,
-                error=exc.message,
-                request_id=exc.request_id,
-            )
-            state, error = await read_state(session, plan, d.right)
-            if state is d.desired:
-                d.outcome, d.request_id = done_word, exc.request_id
-                journal.event(
-                    "reconciled",
-                    entry,
-                    outcome=done_word,
-                    note="the write had been applied before its answer was lost",
-                )
-                return
-            if state is State.UNKNOWN or attempt == AMBIGUOUS_WRITE_TRIES:
-                d.outcome, d.request_id = "unknown", exc.request_id
-                d.error = error or exc.message
-                journal.event(
-                    "reconciled",
-                    entry,
-                    outcome="unknown",
-                    error=d.error,
-                )
-                return
-            journal.event(
-                "reconciled",
-                entry,
-                outcome="not-applied",
-                note="read back: the write had not been applied; sending it again",
-            )
-            transport = session.http.transport  # back off as the transport does before any retry
-            await transport.sleep(transport.policy.backoff(attempt, None, _resend_rng))
-            continue
-        except EsjProvisionError as exc:
-            d.outcome, d.request_id, d.error = "failed", exc.request_id, exc.message
-            journal.result(entry, "failed", error=exc.message, request_id=exc.request_id)
-            return
-        already = bool(getattr(result, "already_done", False))
-        d.outcome = ("already-present" if d.desired is State.PRESENT else "already-absent") if already else done_word
-        d.request_id = getattr(result, "request_id", None)
-        journal.result(
-            entry, d.outcome, request_id=d.request_id, warnings=list(getattr(result, "warnings", ())) or None
-        )
-        return
+    """Send one delegation through the one write loop (:func:`.writes.send`)."""
+    from .writes import send
+
+    async def read_back() -> tuple[bool | None, str | None]:
+        state, error = await read_state(session, plan, d.right)
+        return (None if state is State.UNKNOWN else state is d.desired), error
+
+    adding = d.desired is State.PRESENT
+    sent = await send(
+        session.http,
+        journal,
+        Entry(d.op, plan.mailbox_id, plan.trustee_id),
+        lambda: _write(session, plan, d),
+        read_back,
+        done=Outcome.APPLIED if adding else Outcome.REMOVED,
+        already=Outcome.ALREADY_PRESENT if adding else Outcome.ALREADY_ABSENT,
+    )
+    d.outcome, d.request_id = sent.outcome, sent.request_id
+    if sent.error is not None:
+        d.error = sent.error
 
 
 async def _register_trustee_app(session: Session, plan: Plan, journal: Journal) -> bool:
@@ -547,7 +508,7 @@ async def _register_trustee_app(session: Session, plan: Plan, journal: Journal) 
         return True
     for d in plan.delegations:
         if d.action == "grant":
-            d.outcome = "failed"
+            d.outcome = Outcome.FAILED
             d.error = "not attempted: the app's service principal could not be registered in Exchange"
     return False
 
@@ -560,33 +521,33 @@ async def apply(session: Session, plan: Plan, journal: Journal | None) -> Plan:
         if not await _register_trustee_app(session, plan, journal):
             return plan
     elif plan.sp_step is not None and plan.sp_step.action == "none":
-        plan.sp_step.outcome = "already-present"
+        plan.sp_step.outcome = Outcome.ALREADY_PRESENT
     writes = []
     for d in plan.delegations:
         if d.action in {"grant", "revoke"}:
             assert journal is not None, "a write needs a journal"
             writes.append(apply_delegation(session, plan, d, journal))
         elif d.action == "none":
-            d.outcome = "already-present" if d.desired is State.PRESENT else "already-absent"
+            d.outcome = Outcome.ALREADY_PRESENT if d.desired is State.PRESENT else Outcome.ALREADY_ABSENT
         else:
-            d.outcome = "unknown"  # never write on a state we could not read
+            d.outcome = Outcome.UNKNOWN  # never write on a state we could not read
     await gather_all(*writes)
     return plan
 
 
 async def verify(session: Session, plan: Plan) -> Plan:
     """Read back every delegation that was written."""
-    written = [d for d in plan.delegations if d.outcome in {"applied", "removed"}]
+    written = [d for d in plan.delegations if d.outcome is not None and d.outcome.changed]
     states = await gather_all(*(read_state(session, plan, d.right) for d in written))
     for d, (state, error) in zip(written, states):
         d.verified = state
         if state is State.UNKNOWN:
             d.error = error
         elif state is not d.desired:
-            d.outcome = "failed"
+            d.outcome = Outcome.FAILED
             d.error = f"read back {state.value} after the write; Exchange did not keep the change"
     for d in plan.delegations:
-        if d.outcome in {"already-present", "already-absent"}:
+        if d.outcome is not None and d.outcome.already:
             d.verified = d.current if d.current is not State.UNKNOWN else d.verified
     return plan
 

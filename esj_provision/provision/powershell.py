@@ -1,5 +1,9 @@
 """The Exchange Online PowerShell equivalent of a plan: for change review, or for tenants where
-the REST endpoint is blocked (it is undocumented, and Microsoft may close it at any time)."""
+the REST endpoint is blocked (it is undocumented, and Microsoft may close it at any time).
+
+Every piece of PowerShell the tool prints (scripts, step commands, fix-it hints) is built here or
+with :func:`quote`: a name with an apostrophe ("Contoso's ESJ") must neither break the command
+nor inject one."""
 
 from __future__ import annotations
 
@@ -7,9 +11,9 @@ import re
 from typing import TYPE_CHECKING
 
 from ..models import Right, State
-from .onboard import Plan
 
 if TYPE_CHECKING:
+    from .onboard import Plan
     from .writes import Step
 
 # Every character PowerShell's tokenizer takes for a single quote: ' and the typographic ‘ ’ ‚ ‛.
@@ -21,10 +25,31 @@ def quote(value: str) -> str:
     return "'" + _SINGLE_QUOTES.sub(lambda m: m.group() * 2, value) + "'"
 
 
+_GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def arg(value: str) -> str:
+    """A cmdlet argument: a GUID as it is (as Microsoft's examples write it), anything else
+    through :func:`quote`."""
+    return value if _GUID.match(value) else quote(value)
+
+
 def comment(text: str) -> str:
     """A ``#`` comment on one line: a line break in the text (an error message) would end the
     comment, and whatever follows it would run as a command."""
     return "# " + " ".join(text.splitlines())
+
+
+def new_service_principal(app_id: str, object_id: str, display_name: str) -> str:
+    """Register an app's Exchange service principal (with the enterprise application's object id)."""
+    return (
+        f"New-ServicePrincipal -AppId {arg(app_id)} -ObjectId {arg(object_id)} "
+        f"-DisplayName {quote(display_name)}"
+    )
+
+
+def remove_service_principal(identity: str) -> str:
+    return f"Remove-ServicePrincipal -Identity {arg(identity)}"
 
 
 def command_for(plan: Plan, right: Right, desired: State) -> str:

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import AccessDeniedError, AuthError, EsjProvisionError
-from ..models import Inbound, ManagementScope, Outbound, State
+from ..models import Inbound, ManagementScope, Outbound, Outcome, State
 from .esj_app import (
     AppIdentity,
     AppLookupError,
@@ -35,7 +35,7 @@ from .esj_app import (
     wider_than_mailboxes,
 )
 from .onboard import Finding, gather_all
-from .powershell import quote
+from .powershell import arg, quote
 from .writes import Step, run_step
 
 if TYPE_CHECKING:
@@ -182,7 +182,7 @@ async def plan_scope(session: Session, app_id: str, mailbox: str, roles: list[st
         present = any(r.lower() == role.lower() and (s or "").lower() == plan.scope for r, s in held)
         plan.steps.append(
             Step("new-role-assignment", f"role assignment {role} on scope {plan.scope}",
-                 f"New-ManagementRoleAssignment -App {ident.exchange_identity} -Role {quote(role)} "
+                 f"New-ManagementRoleAssignment -App {arg(ident.exchange_identity)} -Role {quote(role)} "
                  f"-CustomResourceScope {quote(plan.scope)} -Name {quote(_assignment_name(plan.scope, role))}",
                  key_mailbox=plan.scope, key_trustee=f"{ident.app_id}/{role}",
                  current=State.PRESENT if present else State.ABSENT)
@@ -222,7 +222,7 @@ async def apply_scope(session: Session, plan: ScopePlan, journal: Journal) -> Sc
     ex = session.exchange
     for step in plan.steps:
         if step.action == "none":
-            step.outcome = "already-present"
+            step.outcome = Outcome.ALREADY_PRESENT
     pending = [s for s in plan.steps if s.action != "none"]
     registration = next((s for s in pending if s.op == "new-service-principal"), None)
     if registration is not None:
@@ -244,7 +244,7 @@ async def apply_scope(session: Session, plan: ScopePlan, journal: Journal) -> Sc
             return any(r.lower() == role.lower() and (sc or "").lower() == plan.scope for r, sc in rbac_roles(rows))
 
         await run_step(
-            step, journal,
+            session.http, step, journal,
             lambda: ex.new_management_role_assignment(
                 ident.exchange_identity, role, plan.scope, name=_assignment_name(plan.scope, role)
             ),
@@ -264,13 +264,13 @@ async def _apply_scope_step(session: Session, plan: ScopePlan, step: Step, journ
 
     if step.op == "new-management-scope":
         text = address_filter([plan.mailbox])
-        await run_step(step, journal, lambda: ex.new_management_scope(plan.scope, text), covers)
+        await run_step(session.http, step, journal, lambda: ex.new_management_scope(plan.scope, text), covers)
         return
     # Re-read just before writing: another run may have extended the scope since the plan was made,
     # and Set-ManagementScope replaces the whole filter.
     row = await ex.get_management_scope(plan.scope)
     text = extended_filter(row.recipient_filter if row is not None else "", plan.mailbox)
-    await run_step(step, journal, lambda: ex.set_management_scope(plan.scope, text), covers)
+    await run_step(session.http, step, journal, lambda: ex.set_management_scope(plan.scope, text), covers)
 
 
 async def verify_scope(session: Session, plan: ScopePlan) -> ScopePlan:
@@ -311,7 +311,7 @@ async def run_scope(
         await apply_scope(session, plan, journal)
     else:
         for s in plan.steps:
-            s.outcome = "already-present"
+            s.outcome = Outcome.ALREADY_PRESENT
     if not any(s.failed for s in plan.steps):
         await verify_scope(session, plan)
     return plan
