@@ -72,27 +72,10 @@ async def _run(
 
 
 def _options(plan: Any, settings: Any, profile: Path | None, esj_client_id: str | None) -> Any:
-    from ..esj.options import EsjRequest, Profile, build_options, load_profile
+    from ..esj.options import Profile, build_options, load_profile
 
     prof = load_profile(profile) if profile is not None else Profile()
-    r = plan.request
-    mailbox = plan.mailbox.address if plan.mailbox else r.mailbox
-    # An app trustee has no address: the options the guide fixes to the delegate's address get
-    # placeholders (EsjRequest.trustee None), and the app's client id goes into client-id.
-    trustee = None if r.trustee_is_app else plan.trustee.address if plan.trustee else r.trustee
-    return build_options(
-        EsjRequest(
-            mailbox=mailbox,
-            trustee=trustee,
-            inbound=r.inbound,
-            outbound=r.outbound,
-            auto_response=r.auto_response,
-            cloud=settings.cloud,
-            client_id=esj_client_id,
-            tenant_id=settings.tenant_id if settings.tenant_id and "." not in settings.tenant_id else None,
-        ),
-        prof,
-    )
+    return build_options(plan.esj_request(settings.cloud, esj_client_id), prof)
 
 
 def _finish(plan: Any, scope: Any = None) -> None:

@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import AccessDeniedError, AuthError, ConfigError, EsjProvisionError, JournalError
+from ..esj.request import esj_request_for
 from ..models import State
 from ..provision.journal import Entry, Journal, open_intents
 from ..provision.onboard import OnboardRequest, Plan, run
@@ -30,7 +31,7 @@ from .manifest import ManifestRow
 
 if TYPE_CHECKING:
     from ..clouds import Cloud
-    from ..esj.options import EsjOptionSet, Profile
+    from ..esj.options import EsjOptionSet, EsjRequest, Profile
     from ..microsoft.graph import LookupResult
     from ..microsoft.session import Session
 
@@ -167,6 +168,30 @@ class OptionFiles:
         self.files: list[str] = []
         self.warnings: list[str] = []
 
+    def request(self, row: ManifestRow, index: int) -> EsjRequest:
+        return esj_request_for(
+            mailbox=row.mailbox,
+            trustee=row.trustee,
+            trustee_is_app=row.trustee_is_app,
+            inbound=row.inbound,
+            outbound=row.outbound,
+            auto_response=row.auto_response,
+            cloud=self.cloud,
+            tenant_id=self.tenant_id,
+            esj_client_id=self.esj_client_id,
+            section_index=index,
+        )
+
+    def check(self, samples: Iterable[ManifestRow]) -> None:
+        """Build the options of one row of each kind (protocols, app or account trustee), as the
+        first and as a later section of a file, before any write: a problem with the options
+        (client id, profile) stops the run with nothing changed, not after every grant was made."""
+        from ..esj.options import build_options
+
+        for row in samples:
+            for index in (0, 1):
+                build_options(self.request(row, index), self.profile)
+
     def assign(self, row: ManifestRow) -> None:
         """Fix the row's file in manifest order, so shards do not depend on completion order."""
         if row.esj_instance:
@@ -200,7 +225,7 @@ class OptionFiles:
             self._write(name)
 
     def _write(self, name: str) -> None:
-        from ..esj.options import EsjRequest, build_options
+        from ..esj.options import build_options
         from ..esj.output import render_cfg, write_output
 
         rows = sorted(self._pending.pop(name), key=lambda r: r.line)
@@ -213,25 +238,7 @@ class OptionFiles:
                 f"ESJ application {name!r} gets {len(rows)} mailboxes; Genesys recommends at most {SHARD_SIZE} "
                 "per E-mail Server"
             )
-        sets: list[EsjOptionSet] = []
-        for index, row in enumerate(rows):
-            sets.append(
-                build_options(
-                    EsjRequest(
-                        mailbox=row.mailbox,
-                        # An app trustee has no address; its client id is the ESJ app's.
-                        trustee=None if row.trustee_is_app else row.trustee,
-                        inbound=row.inbound,
-                        outbound=row.outbound,
-                        auto_response=row.auto_response,
-                        cloud=self.cloud,
-                        client_id=self.esj_client_id or (row.trustee if row.trustee_is_app else None),
-                        tenant_id=self.tenant_id,
-                        section_index=index,
-                    ),
-                    self.profile,
-                )
-            )
+        sets: list[EsjOptionSet] = [build_options(self.request(row, index), self.profile) for index, row in enumerate(rows)]
         try:
             text = render_cfg(sets)
         except EsjProvisionError as exc:
@@ -259,14 +266,16 @@ async def run_bulk(
     summary = BulkSummary()
     await warm_up(session)
     in_flight = open_intents(journal.path)  # writes a crashed run started but never finished
+    named, samples = _scan(path)
     files = OptionFiles(
         out_dir,
         cloud=cloud,
         profile=profile,
         esj_client_id=esj_client_id,
-        tenant_id=session.settings.tenant_id,
-        named={r.esj_instance for r in manifest_mod.rows(path) if r.esj_instance},  # one more streamed read
+        tenant_id=await session.tenant_guid(),  # a domain-form tenant becomes the token's tid
+        named=named,
     )
+    files.check(samples)  # everything validated before the first write
     if in_flight and not dry_run:
         journal.write("resume", note=f"{len(in_flight)} write(s) from an earlier run had no recorded outcome")
     results_path = out_dir / "results.jsonl"
@@ -367,6 +376,19 @@ async def run_bulk(
         )
     summary.failures.sort()
     return summary
+
+
+def _scan(path: Path) -> tuple[set[str], list[ManifestRow]]:
+    """One more streamed read of the manifest: the esj_instance names it uses, and the first row of
+    each kind (protocols, auto-response, app or account trustee) for :meth:`OptionFiles.check`."""
+    named: set[str] = set()
+    samples: dict[tuple[Any, ...], ManifestRow] = {}
+    for row in manifest_mod.rows(path):
+        if row.esj_instance:
+            named.add(row.esj_instance)
+        kind = (row.inbound, row.outbound, row.auto_response, row.trustee_is_app, row.trustee if row.trustee_is_app else "")
+        samples.setdefault(kind, row)
+    return named, list(samples.values())
 
 
 async def lookups_for(session: Session, chunk: list[ManifestRow]) -> dict[str, LookupResult]:

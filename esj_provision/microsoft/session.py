@@ -53,6 +53,18 @@ class Session:
         # principal registered at most once however many rows of a bulk run need it (apps.py).
         self.app_cache: dict[str, Any] = {}
 
+    async def tenant_guid(self) -> str | None:
+        """The tenant as a GUID, for the ESJ options: the configured id when it is one, else the
+        ``tid`` claim of the Graph token (the tenant given as its domain, contoso.onmicrosoft.com,
+        signs in as well), else None. Uses the cached token: no extra sign-in."""
+        from ..esj.request import tenant_guid
+
+        known = tenant_guid(self.settings.tenant_id)
+        if known is not None:
+            return known
+        token = await self.tokens.get(self.http.graph.scope)
+        return tenant_guid(None, token.claims().get("tid"))
+
     async def transport_config(self) -> TransportConfig:
         """The tenant's SMTP AUTH switch, read once per session however many rows ask."""
         if self._transport_config is None:

@@ -29,11 +29,14 @@ from ..errors import (
     MailboxNotEnabledForRestError,
     NotFoundError,
 )
+from ..esj.request import esj_request_for
 from ..microsoft.exchange import holds
 from ..models import DirectoryUser, Inbound, Outbound, Outcome, Right, State
 from .journal import Entry, Journal
 
 if TYPE_CHECKING:
+    from ..clouds import Cloud
+    from ..esj.options import EsjRequest
     from ..microsoft.graph import LookupResult
     from ..microsoft.session import Session
     from .esj_app import AppIdentity
@@ -107,10 +110,26 @@ class Plan:
     app: AppIdentity | None = None  # the trustee app (request.trustee_is_app)
     sp_step: Step | None = None  # onboard: register the trustee app's Exchange service principal
     ews: EwsVerdict | None = None  # EWS rows: whether the tenant lets the ESJ app use EWS here
+    tenant_id: str | None = None  # the tenant as a GUID (Session.tenant_guid), for the ESJ options
 
     @property
     def refused(self) -> bool:
         return any(f.level == "error" for f in self.findings)
+
+    def esj_request(self, cloud: Cloud, esj_client_id: str | None) -> EsjRequest:
+        """The ESJ options request for this mailbox: the resolved addresses, the shared mapping."""
+        r = self.request
+        return esj_request_for(
+            mailbox=self.mailbox.address if self.mailbox else r.mailbox,
+            trustee=self.trustee.address if self.trustee and not r.trustee_is_app else r.trustee,
+            trustee_is_app=r.trustee_is_app,
+            inbound=r.inbound,
+            outbound=r.outbound,
+            auto_response=r.auto_response,
+            cloud=cloud,
+            tenant_id=self.tenant_id,
+            esj_client_id=esj_client_id,
+        )
 
     @property
     def failed(self) -> bool:
@@ -565,6 +584,7 @@ async def run(
     desired = State.PRESENT if mode == "onboard" else State.ABSENT
     plan = await preflight(session, request, mode=mode, desired=desired, lookups=lookups)
     plan.dry_run = dry_run
+    plan.tenant_id = await session.tenant_guid()  # the token preflight signed in with: no new call
     if dry_run or plan.refused:
         return plan
     writes = any(d.action in {"grant", "revoke"} for d in plan.delegations) or (
