@@ -3,6 +3,24 @@
 Every error the core raises derives from :class:`EsjProvisionError`. The CLI maps an error to
 an exit status through :func:`exit_status_for` and nowhere else. Messages are written for the
 admin: what went wrong, and (in ``hint``) what to do next. They never contain secrets or tokens.
+
+The tree (exit status in brackets)::
+
+    EsjProvisionError [1]
+    ├── UsageError [2]              bad flags, arguments or values
+    │   └── ManifestError [2]       a manifest with bad rows (each listed)
+    ├── ConfigError [1]             settings, .env, profile, CA bundle missing or unparsable
+    ├── AuthError [1]               sign-in failed (credentials, tenant, cloud)
+    ├── AccessDeniedError [1]       a permission or role is missing
+    ├── AppLookupError [1]          an ESJ app's enterprise application unreadable in Graph
+    ├── NotFoundError [1]           a user, mailbox or object does not exist
+    ├── MailboxNotEnabledForRestError [1]
+    ├── ServiceError [1]            Microsoft answered with an error
+    │   ├── ThrottledError [1]      still throttled after the retries
+    │   └── TransientError [1]      5xx or connection failures after the retries
+    │       └── AmbiguousWriteError [1]  a write whose answer was lost
+    ├── PreflightError [1]          read-only checks refused the request
+    └── JournalError [1]            the change journal cannot be written
 """
 
 from __future__ import annotations
@@ -81,6 +99,12 @@ class AuthError(EsjProvisionError):
 
 class AccessDeniedError(EsjProvisionError):
     """The service answered 401/403: the app lacks a permission or an admin role."""
+
+
+class AppLookupError(EsjProvisionError):
+    """The app's enterprise application could not be read from Graph (typically the provisioning
+    app lacks Application.Read.All). Kept apart from Exchange's errors: a Graph permission missing
+    refuses one request, while Exchange refusing the app stops the whole run."""
 
 
 class NotFoundError(EsjProvisionError):

@@ -6,7 +6,7 @@ Nothing here talks to the network; everything is cheap to import.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import Enum
 
 from .errors import UsageError
@@ -244,20 +244,3 @@ class WriteResult:
     request_id: str | None
     warnings: tuple[str, ...] = ()
     already_done: bool = False  # "already present" / "doesn't exist" warning: success, no change
-
-
-@dataclass
-class Trustee:
-    """Who receives the delegation: a user account, or an ESJ app's Exchange service principal."""
-
-    address: str | None = None  # user trustee (UPN / address)
-    app_id: str | None = None  # service-principal trustee (ESJ app's client id)
-    aliases: set[str] = field(default_factory=set)  # identities rows may show for it (lower-case)
-
-    @property
-    def is_app(self) -> bool:
-        return self.app_id is not None
-
-    @property
-    def key(self) -> str:
-        return (self.app_id or self.address or "").lower()

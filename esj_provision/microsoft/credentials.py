@@ -145,9 +145,6 @@ class TokenProvider:
             ) from None
         return Token.issued(tok.token, float(tok.expires_on), time.time())
 
-    def cached(self, scope: str) -> Token | None:
-        return self._tokens.get(scope)
-
     async def get(self, scope: str, *, force_refresh: bool = False, rejected: str | None = None) -> Token:
         """The token for ``scope``. ``force_refresh`` with the ``rejected`` token's value asks Entra
         ID again only if no concurrent caller has already replaced that token."""

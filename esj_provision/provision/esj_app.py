@@ -19,7 +19,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import EsjProvisionError
+from ..errors import AppLookupError, EsjProvisionError
 from ..models import Inbound, Outbound, Outcome, ServicePrincipal, State
 from . import powershell
 from .journal import Journal
@@ -179,12 +179,6 @@ async def app_registration_object_id(session: Session, app_id: str) -> str | Non
         return await session.graph.application_object_id(app_id)
     except EsjProvisionError:
         return None
-
-
-class AppLookupError(EsjProvisionError):
-    """The app's enterprise application could not be read from Graph (typically the provisioning
-    app lacks Application.Read.All). Kept apart from Exchange's errors: a Graph permission missing
-    refuses one request, while Exchange refusing the app stops the whole run."""
 
 
 async def resolve_app(session: Session, app_id: str) -> AppIdentity:

@@ -199,12 +199,6 @@ class Plan:
         }
 
 
-def send_as_wanted(outbound: Outbound, requested: bool | None) -> bool:
-    """Send As by default: every outbound protocol ESJ offers sends FROM the shared address
-    (SMTP/EWS log in as the trustee; GRAPH's allow-delegate needs Send As or Send on Behalf)."""
-    return True if requested is None else requested
-
-
 async def gather_all(*aws: Awaitable[Any]) -> list[Any]:
     """Like asyncio.gather, but every sibling finishes before the first error is raised, so no
     request is left running against a client that is about to close."""
