@@ -35,6 +35,7 @@ from .provision.esj_app import (
     AppIdentity,
     AppLookupError,
     Need,
+    Registration,
     app_roles,
     esj_needs,
     rbac_roles,
@@ -445,11 +446,11 @@ def _esj_need(
 
 def _exchange_sp(report: DoctorReport, ident: AppIdentity, *, needed: bool) -> None:
     registration = ident.registration
-    if registration == "ok":
+    if registration is Registration.OK:
         report.add("esj-exchange-sp", "ok",
                    f"registered in Exchange with its enterprise application's object id {ident.exo_object_id}",
                    group=_ESJ)
-    elif registration == "absent":
+    elif registration is Registration.ABSENT:
         if needed:
             report.add("esj-exchange-sp", "missing",
                        "not registered in Exchange (no service principal): app-only IMAP/SMTP and RBAC for "
@@ -535,8 +536,7 @@ async def _run_checks(
             "exchange:Exchange.ManageAsApp",
             "missing",
             "Exchange.ManageAsApp is not in the Exchange token: Exchange refuses every cmdlet",
-            "in the provisioning app's registration add Office 365 Exchange Online > Exchange.ManageAsApp "
-            "(Application) and grant admin consent",
+            hints.EXCHANGE_CONSENT,
         )
     await _exchange_probe(session, report)
     exchange_ok = (report.get("exchange-admin") or Check("", "error", "")).status == "ok"

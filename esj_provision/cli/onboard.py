@@ -55,14 +55,14 @@ async def _run(
     async with Session(settings) as session:
         roles = roles_for(request.inbound, request.outbound)
         if dry_run:
-            plan = await run(session, request, mode=mode, dry_run=True, journal=None)  # type: ignore[arg-type]
+            plan = await run(session, request, mode=mode, dry_run=True, journal=None)
             scope = None
             if scope_app and not plan.refused:
                 scope = await run_scope(session, scope_app, plan.mailbox_id, roles, dry_run=True, journal=None)
             return plan, scope
         with Journal(journal_path or default_journal_path(), secrets=settings.secrets) as journal:
             journal.write("run-start", command=mode, mailbox=request.mailbox, trustee=request.trustee)
-            plan = await run(session, request, mode=mode, dry_run=False, journal=journal)  # type: ignore[arg-type]
+            plan = await run(session, request, mode=mode, dry_run=False, journal=journal)
             scope = None
             if scope_app and not plan.failed:
                 scope = await run_scope(session, scope_app, plan.mailbox_id, roles, dry_run=False, journal=journal)

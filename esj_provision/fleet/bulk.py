@@ -394,7 +394,7 @@ def _scan(path: Path) -> tuple[set[str], list[ManifestRow]]:
 async def lookups_for(session: Session, chunk: list[ManifestRow]) -> dict[str, LookupResult]:
     """The chunk's mailbox and account lookups, as Graph JSON batches. The trustee (usually one
     service account for every row) is looked up once per session."""
-    cache = session.trustee_lookups
+    cache = session.cache.trustee_lookups
     mailboxes = list(dict.fromkeys(r.mailbox for r in chunk))
     # App trustees (client ids) are not directory users: preflight resolves them as apps.
     new_trustees = [t for t in dict.fromkeys(r.trustee for r in chunk if not r.trustee_is_app) if t not in cache]

@@ -8,6 +8,7 @@ each service account's own SMTP AUTH setting (most manifests name one account on
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..config import Settings
@@ -16,10 +17,24 @@ from ..models import CasMailbox, TransportConfig
 if TYPE_CHECKING:
     import httpx
 
+    from ..provision.esj_app import AppIdentity
+    from ..provision.writes import Step
     from .credentials import TokenProvider
     from .exchange import ExchangeClient
-    from .graph import GraphClient
+    from .graph import GraphClient, LookupResult
     from .http import MicrosoftHttp, RetryPolicy
+
+
+@dataclass
+class RunCache:
+    """What one run reads or does once however many rows need it (apps by lowercased client id)."""
+
+    # bulk/audit: a trustee account's Graph lookup (usually one service account for every row)
+    trustee_lookups: dict[str, LookupResult] = field(default_factory=dict)
+    # ESJ apps (trustee apps, scoped apps) resolved in Graph and Exchange, by client id
+    apps: dict[str, asyncio.Future[AppIdentity]] = field(default_factory=dict)
+    # an ESJ app's Exchange service principal registration, made at most once per run, by client id
+    registrations: dict[str, asyncio.Future[Step]] = field(default_factory=dict)
 
 
 class Session:
@@ -48,10 +63,7 @@ class Session:
         self.exchange: ExchangeClient = ExchangeClient(self.http, settings.tenant_id)
         self._transport_config: asyncio.Future[TransportConfig] | None = None
         self._trustee_cas: dict[str, asyncio.Future[CasMailbox]] = {}
-        self.trustee_lookups: dict[str, Any] = {}  # bulk/audit: trustee -> LookupResult, once per run
-        # ESJ apps (trustee apps, scoped apps): resolved once per run, and their Exchange service
-        # principal registered at most once however many rows of a bulk run need it (apps.py).
-        self.app_cache: dict[str, Any] = {}
+        self.cache = RunCache()
 
     async def tenant_guid(self) -> str | None:
         """The tenant as a GUID, for the ESJ options: the configured id when it is one, else the

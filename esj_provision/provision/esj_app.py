@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AppLookupError, EsjProvisionError
@@ -98,6 +99,19 @@ def esj_needs(inbound: Inbound | None, outbound: Outbound | None) -> list[Need]:
 # --------------------------------------------------------------------------------------------
 
 
+class Registration(str, Enum):
+    """How an app's Exchange service principal is registered."""
+
+    ABSENT = "absent"  # not registered in Exchange
+    OK = "ok"  # with the enterprise application's object id
+    APP_REGISTRATION_ID = "app-registration-id"  # with the app registration's object id: the trap
+    OTHER_ID = "other-id"  # with some other object id
+
+    @property
+    def wrong(self) -> bool:
+        return self in {Registration.APP_REGISTRATION_ID, Registration.OTHER_ID}
+
+
 @dataclass
 class AppIdentity:
     """An app's enterprise application (Graph) and Exchange service principal (Exchange)."""
@@ -119,16 +133,15 @@ class AppIdentity:
         return str(value).lower() if value else None
 
     @property
-    def registration(self) -> str:
-        """absent | ok | app-registration-id (the trap) | other-id."""
+    def registration(self) -> Registration:
         oid = self.exo_object_id
         if self.exo is None:
-            return "absent"
+            return Registration.ABSENT
         if self.sp is not None and oid == self.sp.id.lower():
-            return "ok"
+            return Registration.OK
         if self.app_object_id and oid == self.app_object_id.lower():
-            return "app-registration-id"
-        return "other-id"
+            return Registration.APP_REGISTRATION_ID
+        return Registration.OTHER_ID
 
     @property
     def exchange_identity(self) -> str:
@@ -152,7 +165,7 @@ class AppIdentity:
         """Why a registration with the wrong object id breaks ESJ, and how to repair it."""
         oid = self.exo_object_id or "?"
         right = self.sp.id if self.sp else "<enterprise application object id>"
-        if self.registration == "app-registration-id":
+        if self.registration is Registration.APP_REGISTRATION_ID:
             what = (
                 f"the ESJ app {self.name} ({self.app_id}) is registered in Exchange with object id {oid}, which is "
                 f"its App registration's object id, not its Enterprise application's ({right}): Exchange accepted "
@@ -205,15 +218,15 @@ async def resolve_app(session: Session, app_id: str) -> AppIdentity:
 async def cached_app(session: Session, app_id: str) -> AppIdentity:
     """:func:`resolve_app` once per session: every row of a bulk run shares the same object, so a
     registration made for one row is seen by the others."""
-    key = f"app:{app_id.lower()}"
-    fut = session.app_cache.get(key)
+    key = app_id.lower()
+    fut = session.cache.apps.get(key)
     if fut is None:
         fut = asyncio.ensure_future(resolve_app(session, app_id))
-        session.app_cache[key] = fut
+        session.cache.apps[key] = fut
     try:
         result: AppIdentity = await asyncio.shield(fut)
     except Exception:
-        session.app_cache.pop(key, None)  # a failed read may be retried by the next row
+        session.cache.apps.pop(key, None)  # a failed read may be retried by the next row
         raise
     return result
 
@@ -347,11 +360,11 @@ async def ensure_registered(session: Session, ident: AppIdentity, step: Step, jo
     if ident.sp is None:
         step.skip("the app has no enterprise application in this tenant")
         return
-    key = f"register:{ident.app_id}"
-    fut = session.app_cache.get(key)
+    key = ident.app_id.lower()
+    fut = session.cache.registrations.get(key)
     if fut is None:
         fut = asyncio.ensure_future(_register(session, ident, step, journal))
-        session.app_cache[key] = fut
+        session.cache.registrations[key] = fut
         await asyncio.shield(fut)
         return
     first: Step = await asyncio.shield(fut)
@@ -383,7 +396,7 @@ async def _register(session: Session, ident: AppIdentity, step: Step, journal: J
             return step
         if ident.exo is None:
             step.outcome, step.error = Outcome.FAILED, "Exchange does not list the service principal after registering it"
-        elif ident.registration != "ok":
+        elif ident.registration is not Registration.OK:
             ident.app_object_id = ident.app_object_id or await app_registration_object_id(session, ident.app_id)
             step.outcome, (step.error, step.hint) = Outcome.FAILED, ident.mismatch()
     return step

@@ -20,10 +20,12 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, field
+from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import (
     AccessDeniedError,
+    AppLookupError,
     AuthError,
     EsjProvisionError,
     MailboxNotEnabledForRestError,
@@ -43,7 +45,15 @@ if TYPE_CHECKING:
     from .ews_policy import EwsVerdict
     from .writes import Step
 
-Mode = Literal["onboard", "offboard", "audit"]
+class Mode(str, Enum):
+    """What a plan is for: grant (onboard), revoke (offboard), or only read and compare (audit)."""
+
+    ONBOARD = "onboard"
+    OFFBOARD = "offboard"
+    AUDIT = "audit"
+
+    def __str__(self) -> str:
+        return self.value
 PROPAGATION_NOTE = (
     "Exchange can take up to about an hour or two before a new delegation works for ESJ: "
     "'granted, pending propagation' is not a failure. Re-run this command or `esj-provision audit` "
@@ -169,7 +179,7 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "mode": self.mode,
+            "mode": self.mode.value,
             "dry_run": self.dry_run,
             "mailbox": self.mailbox_id,
             "trustee": self.trustee_id,
@@ -232,7 +242,7 @@ def _check_mailbox(plan: Plan, result: LookupResult | None) -> None:
         )
         return
     if purpose_error is not None:
-        if plan.mode == "onboard":
+        if plan.mode is Mode.ONBOARD:
             plan.add(
                 "error",
                 "mailbox-purpose-unknown",
@@ -245,7 +255,7 @@ def _check_mailbox(plan: Plan, result: LookupResult | None) -> None:
         kind = {"user": "a user mailbox", "room": "a room mailbox", "equipment": "an equipment mailbox"}.get(
             str(result.purpose), f"a {result.purpose} mailbox"
         )
-        level: Literal["error", "warning"] = "error" if plan.mode == "onboard" else "warning"
+        level: Literal["error", "warning"] = "error" if plan.mode is Mode.ONBOARD else "warning"
         plan.add(
             level,
             "mailbox-not-shared",
@@ -276,7 +286,7 @@ def _check_trustee(plan: Plan, result: LookupResult | None) -> None:
     if user is None:
         return
     if user.account_enabled is False:
-        level: Literal["error", "warning"] = "error" if plan.mode == "onboard" else "warning"
+        level: Literal["error", "warning"] = "error" if plan.mode is Mode.ONBOARD else "warning"
         plan.add(
             level,
             "trustee-disabled",
@@ -285,7 +295,7 @@ def _check_trustee(plan: Plan, result: LookupResult | None) -> None:
         )
     if not user.mail:
         plan.add(
-            "error" if plan.mode == "onboard" else "warning",
+            "error" if plan.mode is Mode.ONBOARD else "warning",
             "trustee-not-mail-enabled",
             f"account {ref} is not mail-enabled; Exchange can only delegate to mailbox or mail users",
             "give the account a mailbox (or make it a mail user), or choose another",
@@ -323,7 +333,7 @@ async def _check_smtp_auth(session: Session, plan: Plan) -> None:
 async def _check_trustee_app(session: Session, plan: Plan) -> None:
     """The app must have an enterprise application here; its Exchange registration, if any, must
     carry that object id. A wrong registration is explained, never changed behind the admin's back."""
-    from .esj_app import AppLookupError, cached_app, registration_step
+    from .esj_app import Registration, cached_app, registration_step
 
     ref = plan.request.trustee
     try:
@@ -347,16 +357,16 @@ async def _check_trustee_app(session: Session, plan: Plan) -> None:
         )
         return
     registration = ident.registration
-    if registration in {"app-registration-id", "other-id"}:
+    if registration.wrong:
         what, fix = ident.mismatch()
         # Offboarding still removes what Exchange holds for that registration; anything else stops.
-        level: Literal["error", "warning"] = "warning" if plan.mode == "offboard" else "error"
+        level: Literal["error", "warning"] = "warning" if plan.mode is Mode.OFFBOARD else "error"
         plan.add(level, "trustee-app-wrong-object-id", what, fix)
         return
-    if registration == "absent":
-        if plan.mode == "onboard":
+    if registration is Registration.ABSENT:
+        if plan.mode is Mode.ONBOARD:
             plan.sp_step = registration_step(ident)
-        elif plan.mode == "audit":
+        elif plan.mode is Mode.AUDIT:
             plan.add(
                 "warning",
                 "trustee-app-not-registered",
@@ -385,13 +395,14 @@ async def preflight(
     session: Session,
     request: OnboardRequest,
     *,
-    mode: Mode = "onboard",
+    mode: Mode | str = Mode.ONBOARD,
     desired: State | None = None,
     lookups: dict[str, LookupResult] | None = None,
 ) -> Plan:
     """Read-only checks and, with ``desired``, the plan: every problem is reported together in
     ``plan.findings``. The SMTP AUTH check and the delegation reads do not depend on each other,
     so they go out concurrently, after the (batched) Graph lookups."""
+    mode = Mode(mode)
     plan = Plan(mode=mode, request=request)
     if request.trustee_is_app:
         # The app is not a directory user: only the mailbox goes to the batched user lookups.
@@ -404,14 +415,14 @@ async def preflight(
             lookups = await _lookups(session, [request.mailbox, request.trustee])
         _check_mailbox(plan, lookups.get(request.mailbox))
         _check_trustee(plan, lookups.get(request.trustee))
-    if request.trustee_is_app and mode == "onboard":
+    if request.trustee_is_app and mode is Mode.ONBOARD:
         plan.add(
             "info",
             "no-send-as-app",
             "Send As is not granted to an app: when ESJ signs in as its app it sends with the app's own "
             "permission (SMTP.SendAsApp for SMTP, Mail.Send for GRAPH), not a mailbox Send As grant",
         )
-    elif mode == "onboard" and not request.send_as:
+    elif mode is Mode.ONBOARD and not request.send_as:
         plan.add(
             "info",
             "no-send-as",
@@ -426,7 +437,7 @@ async def preflight(
     if plan.refused:
         return plan  # nothing more to learn that would change the answer
     checks: list[Awaitable[Any]] = []
-    if mode != "offboard" and request.outbound is Outbound.SMTP and (plan.trustee is not None or plan.app is not None):
+    if mode is not Mode.OFFBOARD and request.outbound is Outbound.SMTP and (plan.trustee is not None or plan.app is not None):
         checks.append(_check_smtp_auth(session, plan))
     if mode != "offboard":
         from .ews_policy import check_ews
@@ -569,13 +580,16 @@ async def run(
     session: Session,
     request: OnboardRequest,
     *,
-    mode: Literal["onboard", "offboard"],
+    mode: Mode | str,
     dry_run: bool,
     journal: Journal | None,
     lookups: dict[str, LookupResult] | None = None,
 ) -> Plan:
     """The whole job for one mailbox. ``dry_run`` makes no write call at all."""
-    desired = State.PRESENT if mode == "onboard" else State.ABSENT
+    mode = Mode(mode)
+    if mode is Mode.AUDIT:
+        raise ValueError("run() writes: audit plans come from preflight()")
+    desired = State.PRESENT if mode is Mode.ONBOARD else State.ABSENT
     plan = await preflight(session, request, mode=mode, desired=desired, lookups=lookups)
     plan.dry_run = dry_run
     plan.tenant_id = await session.tenant_guid()  # the token preflight signed in with: no new call

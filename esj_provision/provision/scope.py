@@ -166,7 +166,7 @@ async def plan_scope(session: Session, app_id: str, mailbox: str, roles: list[st
                  f"ESJ app {app_id} has no enterprise application (service principal) in this tenant",
                  "grant admin consent for the ESJ app in this tenant, or create its enterprise application")
         return plan
-    if ident.registration in {"app-registration-id", "other-id"}:
+    if ident.registration.wrong:
         plan.add("error", "scope-app-wrong-object-id", *ident.mismatch())
         return plan
     registered = ident.exo is not None
