@@ -98,7 +98,7 @@ def test_bom_does_not_hide_the_first_column_name(tmp_path: Path) -> None:
 
 def test_lone_cr_line_endings(tmp_path: Path) -> None:
     path = write(tmp_path, (HEADER + "\r" + GOOD + "\r" + "b@contoso.com,esj@contoso.com,bogus,smtp\r").encode())
-    assert problems_of(path) == [(3, "inbound 'bogus' is not one of imap, ews, graph")]
+    assert problems_of(path) == [(3, "unknown inbound protocol 'bogus'; choose one of: imap, ews, graph")]
 
 
 def test_quoted_fields_and_a_comma_inside_quotes_is_one_field(tmp_path: Path) -> None:
@@ -124,7 +124,7 @@ def test_multi_line_quoted_field_keeps_later_line_numbers_right(tmp_path: Path) 
         "c@contoso.com,esj@contoso.com,pop3,smtp,",  # line 6: bad
     )
     path = write(tmp_path, content)
-    assert problems_of(path) == [(6, "inbound 'pop3' is not one of imap, ews, graph")]
+    assert problems_of(path) == [(6, "unknown inbound protocol 'pop3'; choose one of: imap, ews, graph")]
     valid = write(tmp_path, content.replace("pop3", "imap"), "valid.csv")
     assert validate(valid).rows == 3
     assert [r.line for r in rows(valid)] == [2, 5, 6]
@@ -139,7 +139,7 @@ def test_multi_line_quoted_bad_field_is_reported_on_the_line_the_row_starts(tmp_
     )
     assert problems_of(path) == [
         (3, "mailbox 'x@contoso.com\\ny' is not an e-mail address"),
-        (5, "outbound 'fax' is not one of smtp, ews, graph"),
+        (5, "unknown outbound protocol 'fax'; choose one of: smtp, ews, graph"),
     ]
 
 
@@ -193,8 +193,8 @@ def test_blank_lines_are_skipped_but_counted(tmp_path: Path) -> None:
 def test_fewer_fields_than_columns_leaves_the_rest_empty(tmp_path: Path) -> None:
     path = write(tmp_path, csv_text(HEADER + ",send_as", GOOD, "b@contoso.com,esj@contoso.com"))
     assert problems_of(path) == [
-        (3, "inbound '' is not one of imap, ews, graph"),
-        (3, "outbound '' is not one of smtp, ews, graph"),
+        (3, "unknown inbound protocol ''; choose one of: imap, ews, graph"),
+        (3, "unknown outbound protocol ''; choose one of: smtp, ews, graph"),
     ]
 
 
@@ -215,15 +215,15 @@ BAD_ROWS = [
     ),
     ("empty mailbox", ",esj@contoso.com,imap,smtp", "mailbox is empty"),
     ("empty trustee", "a@contoso.com,  ,imap,smtp", "trustee is empty"),
-    ("unknown inbound", "a@contoso.com,esj@contoso.com,pop3,smtp", "inbound 'pop3' is not one of imap, ews, graph"),
-    ("empty inbound", "a@contoso.com,esj@contoso.com,,smtp", "inbound '' is not one of imap, ews, graph"),
-    ("unknown outbound", "a@contoso.com,esj@contoso.com,imap,fax", "outbound 'fax' is not one of smtp, ews, graph"),
+    ("unknown inbound", "a@contoso.com,esj@contoso.com,pop3,smtp", "unknown inbound protocol 'pop3'; choose one of: imap, ews, graph"),
+    ("empty inbound", "a@contoso.com,esj@contoso.com,,smtp", "unknown inbound protocol ''; choose one of: imap, ews, graph"),
+    ("unknown outbound", "a@contoso.com,esj@contoso.com,imap,fax", "unknown outbound protocol 'fax'; choose one of: smtp, ews, graph"),
     ("bad send_as", "a@contoso.com,esj@contoso.com,imap,smtp,maybe,,", "send_as 'maybe' is not true/false"),
     ("bad auto_response", "a@contoso.com,esj@contoso.com,imap,smtp,,2,", "auto_response '2' is not true/false"),
     (
         "trustee is the mailbox (case-insensitive)",
         "Shared@Contoso.com,shared@contoso.COM,imap,smtp",
-        "trustee is the mailbox itself; give the account ESJ signs in with",
+        "the trustee is the shared mailbox itself; give the account ESJ signs in with",
     ),
     ("too many fields", "a@contoso.com,esj@contoso.com,imap,smtp,,,,extra", "8 fields, but the header names 7"),
     (
@@ -362,7 +362,7 @@ def test_invalid_utf8_is_reported_on_its_line_and_other_lines_are_still_validate
     ).encode("utf-8", "surrogateescape")
     assert problems_of(write(tmp_path, data)) == [
         (3, NOT_UTF8),
-        (4, "inbound 'bogus' is not one of imap, ews, graph"),
+        (4, "unknown inbound protocol 'bogus'; choose one of: imap, ews, graph"),
         (6, "mailbox d@contoso.com is already on line 5"),
     ]
 
@@ -386,7 +386,7 @@ def test_invalid_utf8_far_into_the_file_keeps_its_line(tmp_path: Path) -> None:
     data += b"z@contoso.com,esj@contoso.com,imap,nope\n"  # line 1501
     assert problems_of(write(tmp_path, data)) == [
         (1500, NOT_UTF8),
-        (1501, "outbound 'nope' is not one of smtp, ews, graph"),
+        (1501, "unknown outbound protocol 'nope'; choose one of: smtp, ews, graph"),
     ]
 
 
@@ -433,18 +433,18 @@ def test_every_problem_is_reported_at_once_sorted_by_line(tmp_path: Path) -> Non
         validate(path)
     error = caught.value
     assert error.problems == [
-        (3, "inbound 'pop3' is not one of imap, ews, graph"),
         (3, "mailbox 'bad' is not an e-mail address"),
-        (3, "outbound 'fax' is not one of smtp, ews, graph"),
         (3, "send_as 'perhaps' is not true/false"),
+        (3, "unknown inbound protocol 'pop3'; choose one of: imap, ews, graph"),
+        (3, "unknown outbound protocol 'fax'; choose one of: smtp, ews, graph"),
         (4, "mailbox a@contoso.com is already on line 2"),
-        (5, "trustee is the mailbox itself; give the account ESJ signs in with"),
+        (5, "the trustee is the shared mailbox itself; give the account ESJ signs in with"),
         (6, "6 fields, but the header names 5"),
     ]
     assert error.message == f"manifest {path} has 7 problem(s); nothing was done"
     assert error.hint == "fix every line listed and run again"
     assert isinstance(error, UsageError)  # exit status 2
-    assert error.to_dict()["problems"][0] == {"line": 3, "problem": "inbound 'pop3' is not one of imap, ews, graph"}
+    assert error.to_dict()["problems"][0] == {"line": 3, "problem": "mailbox 'bad' is not an e-mail address"}
 
 
 def test_more_than_200_problems_are_capped_with_a_count(tmp_path: Path) -> None:
@@ -521,8 +521,8 @@ def test_yaml_flow_entries_and_problems_on_their_lines(tmp_path: Path) -> None:
     )
     assert problems_of(write(tmp_path, text, "m.yaml")) == [
         (3, "mailbox a@contoso.com is already on line 2"),
-        (4, "inbound 'pop' is not one of imap, ews, graph"),
         (4, "send_as 'sure' is not true/false"),
+        (4, "unknown inbound protocol 'pop'; choose one of: imap, ews, graph"),
     ]
 
 

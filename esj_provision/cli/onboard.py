@@ -180,43 +180,25 @@ def onboard(
     confines the ESJ app's Graph mail access to the onboarded mailboxes. A second run changes
     nothing. Every write is recorded in the change journal.
     """
-    from ..models import Inbound, Outbound, parse_address, parse_guid, parse_inbound, parse_outbound
-    from ..provision.onboard import OnboardRequest
+    from ..provision.request import OnboardRequest, esj_client_id_for, scope_app_for
 
     fmt_key = fmt.strip().lower()
     if fmt_key not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}", hint="choose one of: " + ", ".join(FORMATS))
     if as_powershell and not dry_run:
         raise UsageError("--as-powershell prints a script for review: use it with --dry-run")
-    mailbox_p = parse_address(mailbox, "mailbox")
     who, is_app = _trustee(trustee, trustee_app, "who gets Full Access")
-    request = OnboardRequest(
-        mailbox=mailbox_p,
+    request = OnboardRequest.create(
+        mailbox=mailbox,
         trustee=who,
-        inbound=parse_inbound(inbound),
-        outbound=parse_outbound(outbound),
-        send_as=send_as and not is_app,
-        auto_response=auto_response,
         trustee_is_app=is_app,
+        inbound=inbound,
+        outbound=outbound,
+        send_as=send_as,
+        auto_response=auto_response,
     )
-    if request.mailbox.lower() == request.trustee.lower():
-        raise UsageError("the trustee is the shared mailbox itself", hint="give the account ESJ signs in with")
-    scope_app = parse_guid(scope_esj_app, "--scope-esj-app client id") if scope_esj_app else None
-    if scope_app and request.inbound is not Inbound.GRAPH and request.outbound is not Outbound.GRAPH:
-        raise UsageError(
-            "--scope-esj-app confines the ESJ app's Graph mail access: it needs --inbound graph and/or --outbound graph",
-            hint="for IMAP/SMTP/EWS as the app, --trustee-app grants Full Access to the onboarded mailbox only",
-        )
-    app_ids = {a for a in (who if is_app else None, scope_app) if a}
-    given = parse_guid(esj_client_id, "--esj-client-id") if esj_client_id else None
-    if given and app_ids and given not in app_ids:
-        raise UsageError(
-            f"--esj-client-id {given} is not the ESJ app given to --trustee-app/--scope-esj-app",
-            hint="they name the same app: the one ESJ signs in as",
-        )
-    if len(app_ids) > 1:
-        raise UsageError("--trustee-app and --scope-esj-app name different apps", hint="ESJ signs in as one app")
-    esj_client_id = given or next(iter(app_ids), None)
+    scope_app = scope_app_for(request, scope_esj_app)
+    esj_client_id = esj_client_id_for(request, scope_app, esj_client_id)
     request.esj_app_id = esj_client_id
     from ..esj.ews_sunset import ews_warning
 

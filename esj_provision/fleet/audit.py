@@ -26,6 +26,7 @@ from ..errors import AccessDeniedError, AuthError, EsjProvisionError, ExitStatus
 from ..models import Right, State
 from ..provision.esj_app import AppAccess, app_access
 from ..provision.onboard import preflight
+from ..provision.request import send_as_for
 from .bulk import process_rows, request_for, warm_up
 from .manifest import ManifestRow, rows
 
@@ -143,6 +144,7 @@ def audit_row(row: ManifestRow, plan_findings: list[Any], delegations: list[Any]
     states = {d.right: d for d in delegations}
     fa = states.get(Right.FULL_ACCESS)
     sa = states.get(Right.SEND_AS)
+    wants_send_as = send_as_for(row.send_as, trustee_is_app=row.trustee_is_app)
     out = AuditRow(
         line=row.line,
         mailbox=row.mailbox,
@@ -151,7 +153,7 @@ def audit_row(row: ManifestRow, plan_findings: list[Any], delegations: list[Any]
         outbound=row.outbound.value,
         full_access=fa.current.value if fa else State.UNKNOWN.value,
         # An app trustee never gets Send As (it sends with its own app permission).
-        send_as=(sa.current.value if sa else State.UNKNOWN.value) if row.send_as and not row.trustee_is_app else "-",
+        send_as=(sa.current.value if sa else State.UNKNOWN.value) if wants_send_as else "-",
     )
     for f in plan_findings:
         if f.code in DRIFT_CODES:
@@ -171,7 +173,7 @@ def audit_row(row: ManifestRow, plan_findings: list[Any], delegations: list[Any]
     if refused_before_reading and out.drift:
         # Preflight found the mailbox or trustee gone: the delegations cannot exist; say so plainly.
         out.full_access = "n/a" if out.full_access == State.UNKNOWN.value else out.full_access
-        if row.send_as and not row.trustee_is_app:
+        if wants_send_as:
             out.send_as = "n/a" if out.send_as == State.UNKNOWN.value else out.send_as
     return out
 

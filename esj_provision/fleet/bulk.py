@@ -25,7 +25,8 @@ from ..errors import AccessDeniedError, AuthError, ConfigError, EsjProvisionErro
 from ..esj.request import esj_request_for
 from ..models import State
 from ..provision.journal import Entry, Journal, open_intents
-from ..provision.onboard import OnboardRequest, Plan, run
+from ..provision.onboard import Plan, run
+from ..provision.request import OnboardRequest, send_as_for
 from . import manifest as manifest_mod
 from .manifest import ManifestRow
 
@@ -47,7 +48,7 @@ def request_for(row: ManifestRow, *, esj_app_id: str | None = None) -> OnboardRe
         trustee=row.trustee,
         inbound=row.inbound,
         outbound=row.outbound,
-        send_as=row.send_as and not row.trustee_is_app,
+        send_as=send_as_for(row.send_as, trustee_is_app=row.trustee_is_app),
         auto_response=row.auto_response,
         trustee_is_app=row.trustee_is_app,
     )

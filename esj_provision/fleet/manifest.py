@@ -10,13 +10,14 @@ from __future__ import annotations
 import codecs
 import csv
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, TypeVar
 
-from ..errors import ConfigError, ManifestError
-from ..models import Inbound, Outbound, is_address, is_guid
+from ..errors import ConfigError, ManifestError, UsageError
+from ..models import Inbound, Outbound, is_address, is_guid, parse_inbound, parse_outbound
+from ..provision.request import check_not_the_mailbox
 
 REQUIRED = ("mailbox", "trustee", "inbound", "outbound")
 OPTIONAL = ("send_as", "auto_response", "esj_instance")
@@ -24,6 +25,7 @@ COLUMNS = REQUIRED + OPTIONAL
 MAX_LISTED_PROBLEMS = 200
 _TRUE = {"true", "yes", "y", "1", "on"}
 _FALSE = {"false", "no", "n", "0", "off"}
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,15 @@ class ManifestRow:
         """A client id in the trustee column: ESJ signs in as that app (its Exchange service principal
         gets Full Access, no Send As), as ``onboard --trustee-app`` does."""
         return is_guid(self.trustee)
+
+
+def _check(problems: list[tuple[int, str]], line: int, rule: Callable[..., T], *args: Any) -> T | None:
+    """A shared request rule applied to a row: its UsageError becomes the row's problem."""
+    try:
+        return rule(*args)
+    except UsageError as exc:
+        problems.append((line, f"{exc.message}; {exc.hint}" if exc.hint else exc.message))
+        return None
 
 
 def _bool(value: str, column: str, default: bool, problems: list[tuple[int, str]], line: int) -> bool:
@@ -71,18 +82,11 @@ def _row(line: int, raw: dict[str, Any], problems: list[tuple[int, str]]) -> Man
             problems.append((line, f"{column} is empty"))
         elif not is_address(value) and not (column == "trustee" and is_guid(value)):
             problems.append((line, f"{column} {value!r} is not an e-mail address"))
-    if mailbox and trustee and mailbox.lower() == trustee.lower():
-        problems.append((line, "trustee is the mailbox itself; give the account ESJ signs in with"))
-    inbound: Inbound | None = None
-    outbound: Outbound | None = None
-    try:
-        inbound = Inbound(text("inbound").lower())
-    except ValueError:
-        problems.append((line, f"inbound {text('inbound')!r} is not one of imap, ews, graph"))
-    try:
-        outbound = Outbound(text("outbound").lower())
-    except ValueError:
-        problems.append((line, f"outbound {text('outbound')!r} is not one of smtp, ews, graph"))
+    # The rules onboard's flags follow (provision.request), in the same words.
+    if mailbox and trustee:
+        _check(problems, line, check_not_the_mailbox, mailbox, trustee)
+    inbound = _check(problems, line, parse_inbound, text("inbound"))
+    outbound = _check(problems, line, parse_outbound, text("outbound"))
     send_as = _bool(text("send_as"), "send_as", True, problems, line)
     auto = _bool(text("auto_response"), "auto_response", False, problems, line)
     instance = text("esj_instance") or None

@@ -33,8 +33,9 @@ from ..errors import (
 )
 from ..esj.request import esj_request_for
 from ..microsoft.exchange import holds
-from ..models import DirectoryUser, Inbound, Outbound, Outcome, Right, State
+from ..models import DirectoryUser, Outbound, Outcome, Right, State
 from .journal import Entry, Journal
+from .request import OnboardRequest
 
 if TYPE_CHECKING:
     from ..clouds import Cloud
@@ -59,20 +60,6 @@ PROPAGATION_NOTE = (
     "'granted, pending propagation' is not a failure. Re-run this command or `esj-provision audit` "
     "later to check; a re-run changes nothing."
 )
-
-
-@dataclass
-class OnboardRequest:
-    mailbox: str
-    trustee: str
-    inbound: Inbound = Inbound.IMAP
-    outbound: Outbound = Outbound.SMTP
-    send_as: bool = True
-    auto_response: bool = False
-    # ``trustee`` is the ESJ app's client id: the delegation goes to its Exchange service principal.
-    trustee_is_app: bool = False
-    # The ESJ app's client id when known (--esj-client-id): what EWS's allow-list is checked for.
-    esj_app_id: str | None = None
 
 
 @dataclass
