@@ -238,7 +238,7 @@ def test_invalid_manifest_makes_no_call_exit_2(tenant: Tenant, tmp_path: Path) -
     out = tmp_path / "report.json"
     r = CliRunner().invoke(app, ["audit", str(bad), "--out", str(out)], env=tenant.sb.env, catch_exceptions=False)
     assert r.exit_code == 2
-    assert r.stderr.startswith("error: manifest") and "  line 3: outbound 'telnet'" in r.stderr
+    assert r.stderr.startswith("error: manifest") and "  line 3: unknown outbound protocol 'telnet'" in r.stderr
     assert "  line 4: the trustee is the shared mailbox itself" in r.stderr
     assert tenant.sb.calls()[mark:] == [] and not out.exists()
 

@@ -19,11 +19,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from ..errors import AccessDeniedError, AuthError, ConfigError, EsjProvisionError, JournalError
 from ..esj.request import esj_request_for
-from ..models import State
+from ..models import Outcome, State
 from ..provision.journal import Entry, Journal, open_intents
 from ..provision.onboard import Plan, run
 from ..provision.request import OnboardRequest, send_as_for
@@ -86,6 +86,10 @@ class RowResult:
     plan: dict[str, Any]
     error: str | None = None
 
+    @property
+    def failed(self) -> bool:
+        return self.status in {"refused", "failed"}
+
     def to_json(self) -> str:
         return json.dumps(
             {
@@ -119,6 +123,26 @@ class BulkSummary:
     @property
     def all_ok(self) -> bool:
         return self.refused == 0 and self.failed == 0
+
+    def add(self, row: ManifestRow, result: RowResult) -> None:
+        """Count one finished row."""
+        self.rows += 1
+        if result.status == "ok":
+            self.ok += 1
+        elif result.status == "planned":
+            self.planned += 1
+        elif result.status == "refused":
+            self.refused += 1
+        else:
+            self.failed += 1
+        for d in result.plan.get("delegations", []):
+            outcome = Outcome(d["outcome"]) if d.get("outcome") else None
+            if outcome is not None and outcome.changed:
+                self.writes += 1
+            elif outcome is not None and outcome.already:
+                self.already += 1
+        if result.failed:
+            self.failures.append((row.line, row.mailbox, result.error or result.status))
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -249,6 +273,79 @@ class OptionFiles:
         self.files.append(str(path))
 
 
+class Reconciler:
+    """Settles the writes an interrupted earlier run left without an outcome: preflight has just
+    read the tenant, so whether each was applied is known (never guessed from an unknown read)."""
+
+    def __init__(self, journal: Journal, in_flight: dict[str, dict[str, Any]], summary: BulkSummary) -> None:
+        self.journal = journal
+        self.in_flight = in_flight
+        self.summary = summary
+
+    def _settle(self, entry: Entry, applied: bool) -> None:
+        intent = self.in_flight.pop(entry.key, None)
+        if intent is None:
+            return
+        self.journal.event(
+            "reconciled",
+            entry,
+            outcome=(Outcome.APPLIED if applied else Outcome.NOT_APPLIED).value,
+            run_of_intent=intent.get("run"),
+            note="outcome of an interrupted earlier run, read from the tenant",
+        )
+        self.summary.reconciled += 1
+
+    def plan(self, plan: Plan) -> None:
+        if plan.app is not None:
+            # A registration a crashed run started: preflight has just read whether Exchange has it.
+            self._settle(Entry("new-service-principal", "(organization)", plan.app.app_id), plan.app.exo is not None)
+        for d in plan.delegations:
+            entry = Entry(d.op, plan.mailbox_id, plan.trustee_id)
+            if d.current is State.UNKNOWN:
+                self.in_flight.pop(entry.key, None)  # as before: forgotten here, settled by a later run
+                continue
+            self._settle(entry, d.current is d.desired)
+
+
+async def onboard_row(
+    session: Session,
+    row: ManifestRow,
+    lookups: dict[str, LookupResult],
+    *,
+    dry_run: bool,
+    journal: Journal,
+    esj_client_id: str | None = None,
+) -> tuple[RowResult, Plan | None]:
+    """One row's onboarding, its errors turned into the row's result (the run goes on), except the
+    ones that would fail every row alike."""
+    try:
+        request = request_for(row, esj_app_id=esj_client_id)
+        plan = await run(session, request, mode="onboard", dry_run=dry_run, journal=journal, lookups=lookups)
+    except (AccessDeniedError, AuthError, JournalError):
+        raise  # the same for every row: stop the run (exit 1) rather than fail each row alike
+    except EsjProvisionError as exc:
+        return RowResult(row.line, row.mailbox, row.trustee, "failed", {}, exc.message), None
+    data = plan.to_dict()
+    if plan.refused:
+        reason = "; ".join(f.message for f in plan.findings if f.level == "error")
+        return RowResult(row.line, row.mailbox, row.trustee, "refused", data, reason), plan
+    if plan.failed:
+        reason = "; ".join(
+            f"{d.right.value}: {d.error or d.outcome}" for d in plan.delegations if d.outcome is not None and d.outcome.bad
+        )
+        return RowResult(row.line, row.mailbox, row.trustee, "failed", data, reason), plan
+    return RowResult(row.line, row.mailbox, row.trustee, "planned" if dry_run else "ok", data), plan
+
+
+def _open_results(out_dir: Path) -> tuple[Path, TextIO]:
+    path = out_dir / "results.jsonl"
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return path, path.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}", hint="choose a writable --out-dir") from None
+
+
 async def run_bulk(
     session: Session,
     path: Path,
@@ -279,83 +376,20 @@ async def run_bulk(
     files.check(samples)  # everything validated before the first write
     if in_flight and not dry_run:
         journal.write("resume", note=f"{len(in_flight)} write(s) from an earlier run had no recorded outcome")
-    results_path = out_dir / "results.jsonl"
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        results = results_path.open("w", encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot write {results_path}: {exc.strerror or exc}", hint="choose a writable --out-dir"
-        ) from None
-
-    def reconcile(plan: Plan) -> None:
-        if plan.app is not None and not dry_run:
-            # A registration a crashed run started: preflight has just read whether Exchange has it.
-            key = Entry("new-service-principal", "(organization)", plan.app.app_id).key
-            intent = in_flight.pop(key, None)
-            if intent is not None:
-                journal.write(
-                    "reconciled",
-                    key=key,
-                    op="new-service-principal",
-                    mailbox="(organization)",
-                    trustee=plan.app.app_id,
-                    outcome="applied" if plan.app.exo is not None else "not-applied",
-                    run_of_intent=intent.get("run"),
-                    note="outcome of an interrupted earlier run, read from the tenant",
-                )
-                summary.reconciled += 1
-        for d in plan.delegations:
-            key = Entry(d.op, plan.mailbox_id, plan.trustee_id).key
-            intent = in_flight.pop(key, None)
-            if intent is not None and d.current is not State.UNKNOWN and not dry_run:
-                applied = d.current is d.desired
-                journal.write(
-                    "reconciled",
-                    key=key,
-                    op=d.op,
-                    mailbox=plan.mailbox_id,
-                    trustee=plan.trustee_id,
-                    outcome="applied" if applied else "not-applied",
-                    run_of_intent=intent.get("run"),
-                    note="outcome of an interrupted earlier run, read from the tenant",
-                )
-                summary.reconciled += 1
+    reconciler = Reconciler(journal, in_flight, summary)
+    results_path, results = _open_results(out_dir)
 
     async def handle(row: ManifestRow, lookups: dict[str, LookupResult]) -> RowResult:
-        request = request_for(row, esj_app_id=esj_client_id)
-        try:
-            plan = await run(session, request, mode="onboard", dry_run=dry_run, journal=journal, lookups=lookups)
-        except (AccessDeniedError, AuthError, JournalError):
-            raise  # the same for every row: stop the run (exit 1) rather than fail each row alike
-        except EsjProvisionError as exc:
-            return RowResult(row.line, row.mailbox, row.trustee, "failed", {}, exc.message)
-        reconcile(plan)
-        data = plan.to_dict()
-        if plan.refused:
-            reason = "; ".join(f.message for f in plan.findings if f.level == "error")
-            return RowResult(row.line, row.mailbox, row.trustee, "refused", data, reason)
-        if plan.failed:
-            reason = "; ".join(
-                f"{d.right.value}: {d.error or d.outcome}"
-                for d in plan.delegations
-                if d.outcome in {"failed", "unknown"}
-            )
-            return RowResult(row.line, row.mailbox, row.trustee, "failed", data, reason)
-        return RowResult(row.line, row.mailbox, row.trustee, "planned" if dry_run else "ok", data)
+        result, plan = await onboard_row(
+            session, row, lookups, dry_run=dry_run, journal=journal, esj_client_id=esj_client_id
+        )
+        if plan is not None and not dry_run:
+            reconciler.plan(plan)
+        return result
 
     def done(row: ManifestRow, result: RowResult) -> None:
-        summary.rows += 1
-        setattr(summary, result.status, getattr(summary, result.status) + 1)
-        for d in result.plan.get("delegations", []):
-            if d.get("outcome") in {"applied", "removed"}:
-                summary.writes += 1
-            elif d.get("outcome") in {"already-present", "already-absent"}:
-                summary.already += 1
-        failed = result.status in {"refused", "failed"}
-        if failed:
-            summary.failures.append((row.line, row.mailbox, result.error or result.status))
-        files.finish(row, include=not failed)
+        summary.add(row, result)
+        files.finish(row, include=not result.failed)
         results.write(result.to_json() + "\n")
         results.flush()
         if on_row is not None:
