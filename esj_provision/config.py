@@ -158,6 +158,42 @@ class Settings:
             )
 
 
+def _ids(tenant: str | None, client: str | None) -> tuple[str | None, str | None]:
+    """The tenant (a GUID or a domain: both sign in) and the provisioning app's client id."""
+    if tenant and not (is_guid(tenant) or "." in tenant):
+        raise UsageError(
+            f"tenant {tenant!r} is neither a GUID nor a domain",
+            hint="give the directory (tenant) id, or the initial domain such as contoso.onmicrosoft.com",
+        )
+    if client and not is_guid(client):
+        raise UsageError(f"client id {client!r} is not a GUID", hint="give the application (client) id")
+    return tenant, client
+
+
+def _secret(secret_file: str | None, env: Mapping[str, str]) -> str | None:
+    """The client secret: from its file when one is named (never from a flag), else the environment."""
+    if not secret_file:
+        return env.get("AZURE_CLIENT_SECRET") or None
+    try:
+        secret = Path(secret_file).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read the client secret file {secret_file}: {exc.strerror}") from None
+    if not secret:
+        raise ConfigError(f"the client secret file {secret_file} is empty")
+    return secret
+
+
+def _files(cert: str | None, bundle: str | None) -> tuple[str | None, str | None]:
+    if cert and not Path(cert).is_file():
+        raise ConfigError(
+            f"certificate file {cert} does not exist",
+            hint="AZURE_CLIENT_CERTIFICATE_PATH must point at a PEM (certificate and key) or PFX file",
+        )
+    if bundle and not Path(bundle).is_file():
+        raise ConfigError(f"CA bundle {bundle} does not exist", hint="give a PEM file of CA certificates")
+    return cert, bundle
+
+
 def load_settings(
     *,
     cloud: str | None = None,
@@ -186,37 +222,9 @@ def load_settings(
     if kind not in AUTH_KINDS:
         raise UsageError(f"unknown sign-in kind {kind!r}", hint=f"choose one of: {', '.join(AUTH_KINDS)}")
 
-    tenant = pick(tenant_id, "AZURE_TENANT_ID")
-    if tenant and not (is_guid(tenant) or "." in tenant):
-        raise UsageError(
-            f"tenant {tenant!r} is neither a GUID nor a domain",
-            hint="give the directory (tenant) id, or the initial domain such as contoso.onmicrosoft.com",
-        )
-    client = pick(client_id, "AZURE_CLIENT_ID")
-    if client and not is_guid(client):
-        raise UsageError(f"client id {client!r} is not a GUID", hint="give the application (client) id")
-
-    secret: str | None = None
-    secret_file = pick(client_secret_file, "ESJ_PROVISION_CLIENT_SECRET_FILE")
-    if secret_file:
-        try:
-            secret = Path(secret_file).read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read the client secret file {secret_file}: {exc.strerror}") from None
-        if not secret:
-            raise ConfigError(f"the client secret file {secret_file} is empty")
-    else:
-        secret = env.get("AZURE_CLIENT_SECRET") or None
-
-    cert = pick(certificate_path, "AZURE_CLIENT_CERTIFICATE_PATH")
-    if cert and not Path(cert).is_file():
-        raise ConfigError(
-            f"certificate file {cert} does not exist",
-            hint="AZURE_CLIENT_CERTIFICATE_PATH must point at a PEM (certificate and key) or PFX file",
-        )
-    bundle = pick(ca_bundle, "ESJ_PROVISION_CA_BUNDLE")
-    if bundle and not Path(bundle).is_file():
-        raise ConfigError(f"CA bundle {bundle} does not exist", hint="give a PEM file of CA certificates")
+    tenant, client = _ids(pick(tenant_id, "AZURE_TENANT_ID"), pick(client_id, "AZURE_CLIENT_ID"))
+    secret = _secret(pick(client_secret_file, "ESJ_PROVISION_CLIENT_SECRET_FILE"), env)
+    cert, bundle = _files(pick(certificate_path, "AZURE_CLIENT_CERTIFICATE_PATH"), pick(ca_bundle, "ESJ_PROVISION_CA_BUNDLE"))
 
     authority = check_endpoint(
         pick(authority_host, "AZURE_AUTHORITY_HOST") or the_cloud.authority_host, "authority host"

@@ -359,7 +359,8 @@ async def run_bulk(
     esj_client_id: str | None = None,
     on_row: Callable[[RowResult], None] | None = None,
 ) -> BulkSummary:
-    """Onboard every row of an already validated manifest."""
+    """Onboard every row of an already validated manifest. (Its length is the run's framing in
+    order: checks before the first write, the rows, then the files and the summary.)"""
     started = time.monotonic()
     summary = BulkSummary()
     await warm_up(session)

@@ -153,7 +153,10 @@ def map_error(
     *,
     write: bool,
 ) -> EsjProvisionError:
-    """The one mapping from a failed InvokeCommand answer to the project's errors."""
+    """The one mapping from a failed InvokeCommand answer to the project's errors.
+
+    Long on purpose (design review: "a long but honest table"): one ordered list of Exchange's
+    error shapes, checked top to bottom, is what a reader compares with Microsoft's answers."""
     request_id = _request_id(headers)
     payload = _json_object(body)
     message, types = error_message(payload) if payload else ("", "")
@@ -417,6 +420,9 @@ class ExchangeClient:
         Paging re-POSTs the same body to ``@odata.nextLink`` (it is not a GET) without pausing,
         since the link expires within minutes. A page that fails after others were read raises:
         a short list must never pass for a full one.
+
+        Kept as one function, though long: building the envelope, paging and mapping each page's
+        errors are the one place that knows InvokeCommand, and reading them together is the check.
         """
         is_write = write if write is not None else not cmdlet.startswith(READ_VERBS)
         body = json.dumps(

@@ -88,7 +88,10 @@ def graph_error(
     op: str,
     ref: str | None = None,
 ) -> EsjProvisionError:
-    """The one mapping from a Graph error (single call or batch item) to the project's errors."""
+    """The one mapping from a Graph error (single call or batch item) to the project's errors.
+
+    Longer than most functions on purpose: one ordered table of Graph's error shapes, read top
+    to bottom, is easier to check against Microsoft's documentation than a split one."""
     what, permission = _OPS.get(op, ("the object", "User.Read.All"))
     subject = f"{ref}: " if ref else ""
     detail = f" ({message})" if message else ""
@@ -376,23 +379,15 @@ class GraphClient:
         first: dict[str, str] = {}  # key -> first spelling
         for ref in refs:
             r = ref.strip()
-            if not r:
-                continue
-            key = r.casefold()
-            keys[ref] = key
-            first.setdefault(key, r)
-        items: list[_Item] = []
-        for key, ref in first.items():
-            items.append(_Item(key, "user", self.relative_url(self.user_request(ref))))
-            if with_purpose:
-                items.append(_Item(key, "purpose", self.relative_url(self.user_purpose_request(ref))))
-
+            if r:
+                keys[ref] = r.casefold()
+                first.setdefault(r.casefold(), r)
         users: dict[str, DirectoryUser] = {}
         purposes: dict[str, str] = {}
         errors: dict[tuple[str, str], EsjProvisionError] = {}
         budget = self._http.budget()
         pacer = self._http.pacer("graph")
-        pending = items
+        pending = self._items(first, with_purpose)
         while pending:
             budget.start()
             outcomes = await self._run_batches(pending)
@@ -426,16 +421,25 @@ class GraphClient:
                 await budget.sleep(delay)
             pending = retry
 
-        out: dict[str, LookupResult] = {}
-        for ref, key in keys.items():
-            out[ref] = LookupResult(
+        return {
+            ref: LookupResult(
                 ref=ref,
                 user=users.get(key),
                 purpose=purposes.get(key),
                 error=errors.get((key, "user")),
                 purpose_error=errors.get((key, "purpose")),
             )
-        return out
+            for ref, key in keys.items()
+        }
+
+    def _items(self, first: dict[str, str], with_purpose: bool) -> list[_Item]:
+        """The batch items for each distinct reference: its user, and with_purpose its userPurpose."""
+        items: list[_Item] = []
+        for key, ref in first.items():
+            items.append(_Item(key, "user", self.relative_url(self.user_request(ref))))
+            if with_purpose:
+                items.append(_Item(key, "purpose", self.relative_url(self.user_purpose_request(ref))))
+        return items
 
     @staticmethod
     def _record(
