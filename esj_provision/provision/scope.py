@@ -114,7 +114,7 @@ class ScopePlan:
 
     @property
     def writes(self) -> int:
-        return sum(1 for s in self.steps if s.outcome == "applied")
+        return sum(1 for s in self.steps if s.outcome is Outcome.APPLIED)
 
     def to_dict(self) -> dict[str, Any]:
         return {
