@@ -244,3 +244,60 @@ class WriteResult:
     request_id: str | None
     warnings: tuple[str, ...] = ()
     already_done: bool = False  # "already present" / "doesn't exist" warning: success, no change
+
+
+@dataclass(frozen=True)
+class UserTrustee:
+    """ESJ signs in with a service account: the account gets Full Access, and Send As unless the
+    admin declined it."""
+
+    address: str
+    kind = "user"
+
+    @property
+    def ref(self) -> str:
+        return self.address
+
+    @property
+    def options_address(self) -> str | None:
+        """The delegate's address the ESJ options name (the guide's rules)."""
+        return self.address
+
+    @property
+    def app_id(self) -> str | None:
+        return None
+
+    def needs_send_as(self, requested: bool) -> bool:
+        return requested
+
+
+@dataclass(frozen=True)
+class AppTrustee:
+    """ESJ signs in as its app (client credentials): the app's Exchange service principal gets Full
+    Access. Never Send As: the app sends with its own permission (SMTP.SendAsApp, Mail.Send)."""
+
+    client_id: str
+    kind = "app"
+
+    @property
+    def ref(self) -> str:
+        return self.client_id
+
+    @property
+    def options_address(self) -> str | None:
+        return None  # an app has no address: the options the guide fixes to it get placeholders
+
+    @property
+    def app_id(self) -> str | None:
+        """The ESJ app's client id, which is the client id ESJ signs in with."""
+        return self.client_id
+
+    def needs_send_as(self, requested: bool) -> bool:
+        return False
+
+
+Trustee = UserTrustee | AppTrustee
+
+
+def trustee_of(ref: str, *, is_app: bool) -> Trustee:
+    return AppTrustee(ref) if is_app else UserTrustee(ref)

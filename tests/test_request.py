@@ -73,3 +73,21 @@ def test_the_esj_client_id_names_the_one_app_esj_signs_in_as() -> None:
         esj_client_id_for(by_app, None, OTHER)
     with pytest.raises(UsageError, match="name different apps"):
         esj_client_id_for(by_app, OTHER, None)
+
+
+def test_the_trustee_type_carries_the_app_rules() -> None:
+    """One typed trustee instead of a trustee_is_app boolean checked at each site: an app has no
+    address for the options, its client id is the ESJ app's, and it never gets Send As."""
+    from esj_provision.clouds import CLOUDS
+    from esj_provision.esj.request import esj_request_for
+    from esj_provision.models import AppTrustee, UserTrustee
+
+    app, user = AppTrustee(APP), UserTrustee("svc@contoso.com")
+    assert (app.needs_send_as(True), user.needs_send_as(True), user.needs_send_as(False)) == (False, True, False)
+    common = dict(mailbox="q@contoso.com", inbound=Inbound.IMAP, outbound=Outbound.SMTP, auto_response=False,
+                  cloud=CLOUDS["global"], tenant_id="contoso.onmicrosoft.com")
+    as_app = esj_request_for(trustee=app, esj_client_id=None, **common)  # type: ignore[arg-type]
+    as_user = esj_request_for(trustee=user, esj_client_id=None, **common)  # type: ignore[arg-type]
+    assert (as_app.trustee, as_app.client_id) == (None, APP)
+    assert (as_user.trustee, as_user.client_id) == ("svc@contoso.com", None)
+    assert as_app.tenant_id is None  # a domain is never passed on as the tenant id: a GUID or a placeholder

@@ -13,7 +13,7 @@ Two rules live here and nowhere else:
 from __future__ import annotations
 
 from ..clouds import Cloud
-from ..models import Inbound, Outbound, is_guid
+from ..models import Inbound, Outbound, Trustee, is_guid
 from .options import EsjRequest
 
 
@@ -29,8 +29,7 @@ def tenant_guid(configured: str | None, token_tid: object = None) -> str | None:
 def esj_request_for(
     *,
     mailbox: str,
-    trustee: str,
-    trustee_is_app: bool,
+    trustee: Trustee,
     inbound: Inbound,
     outbound: Outbound,
     auto_response: bool,
@@ -39,16 +38,15 @@ def esj_request_for(
     esj_client_id: str | None,
     section_index: int = 0,
 ) -> EsjRequest:
-    """The ESJ options request for one provisioned mailbox. ``trustee`` is the account's address,
-    or the ESJ app's client id when ``trustee_is_app``; ``tenant_id`` as :func:`tenant_guid` gives it."""
+    """The ESJ options request for one provisioned mailbox; ``tenant_id`` as :func:`tenant_guid` gives it."""
     return EsjRequest(
         mailbox=mailbox,
-        trustee=None if trustee_is_app else trustee,
+        trustee=trustee.options_address,
         inbound=inbound,
         outbound=outbound,
         auto_response=auto_response,
         cloud=cloud,
-        client_id=esj_client_id or (trustee if trustee_is_app else None),
+        client_id=esj_client_id or trustee.app_id,
         tenant_id=tenant_guid(tenant_id),
         section_index=section_index,
     )

@@ -144,7 +144,7 @@ def audit_row(row: ManifestRow, plan_findings: list[Any], delegations: list[Any]
     states = {d.right: d for d in delegations}
     fa = states.get(Right.FULL_ACCESS)
     sa = states.get(Right.SEND_AS)
-    wants_send_as = send_as_for(row.send_as, trustee_is_app=row.trustee_is_app)
+    wants_send_as = send_as_for(row.send_as, row.who)
     out = AuditRow(
         line=row.line,
         mailbox=row.mailbox,

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from ..errors import AccessDeniedError, AuthError, ConfigError, EsjProvisionError, JournalError
 from ..esj.request import esj_request_for
-from ..models import Outcome, State
+from ..models import Outcome, State, UserTrustee
 from ..provision.journal import Entry, Journal, open_intents
 from ..provision.onboard import Plan, run
 from ..provision.request import OnboardRequest, send_as_for
@@ -48,7 +48,7 @@ def request_for(row: ManifestRow, *, esj_app_id: str | None = None) -> OnboardRe
         trustee=row.trustee,
         inbound=row.inbound,
         outbound=row.outbound,
-        send_as=send_as_for(row.send_as, trustee_is_app=row.trustee_is_app),
+        send_as=send_as_for(row.send_as, row.who),
         auto_response=row.auto_response,
         trustee_is_app=row.trustee_is_app,
     )
@@ -196,8 +196,7 @@ class OptionFiles:
     def request(self, row: ManifestRow, index: int) -> EsjRequest:
         return esj_request_for(
             mailbox=row.mailbox,
-            trustee=row.trustee,
-            trustee_is_app=row.trustee_is_app,
+            trustee=row.who,
             inbound=row.inbound,
             outbound=row.outbound,
             auto_response=row.auto_response,
@@ -422,7 +421,7 @@ def _scan(path: Path) -> tuple[set[str], list[ManifestRow]]:
     for row in manifest_mod.rows(path):
         if row.esj_instance:
             named.add(row.esj_instance)
-        kind = (row.inbound, row.outbound, row.auto_response, row.trustee_is_app, row.trustee if row.trustee_is_app else "")
+        kind = (row.inbound, row.outbound, row.auto_response, row.who.kind, row.who.app_id)
         samples.setdefault(kind, row)
     return named, list(samples.values())
 
@@ -433,7 +432,7 @@ async def lookups_for(session: Session, chunk: list[ManifestRow]) -> dict[str, L
     cache = session.cache.trustee_lookups
     mailboxes = list(dict.fromkeys(r.mailbox for r in chunk))
     # App trustees (client ids) are not directory users: preflight resolves them as apps.
-    new_trustees = [t for t in dict.fromkeys(r.trustee for r in chunk if not r.trustee_is_app) if t not in cache]
+    new_trustees = [t for t in dict.fromkeys(r.trustee for r in chunk if isinstance(r.who, UserTrustee)) if t not in cache]
     found = await session.graph.lookup_many(mailboxes, with_purpose=True)
     if new_trustees:
         cache.update(await session.graph.lookup_many(new_trustees, with_purpose=False))

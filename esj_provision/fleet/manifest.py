@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from ..errors import ConfigError, ManifestError, UsageError
-from ..models import Inbound, Outbound, is_address, is_guid, parse_inbound, parse_outbound
+from ..models import Inbound, Outbound, Trustee, is_address, is_guid, parse_inbound, parse_outbound, trustee_of
 from ..provision.request import check_not_the_mailbox
 
 REQUIRED = ("mailbox", "trustee", "inbound", "outbound")
@@ -38,6 +38,10 @@ class ManifestRow:
     send_as: bool = True
     auto_response: bool = False
     esj_instance: str | None = None
+
+    @property
+    def who(self) -> Trustee:
+        return trustee_of(self.trustee, is_app=self.trustee_is_app)
 
     @property
     def trustee_is_app(self) -> bool:

@@ -33,7 +33,7 @@ from ..errors import (
 )
 from ..esj.request import esj_request_for
 from ..microsoft.exchange import holds
-from ..models import DirectoryUser, Outbound, Outcome, Right, State
+from ..models import DirectoryUser, Outbound, Outcome, Right, State, UserTrustee
 from .journal import Entry, Journal
 from .request import OnboardRequest
 
@@ -118,8 +118,8 @@ class Plan:
         r = self.request
         return esj_request_for(
             mailbox=self.mailbox.address if self.mailbox else r.mailbox,
-            trustee=self.trustee.address if self.trustee and not r.trustee_is_app else r.trustee,
-            trustee_is_app=r.trustee_is_app,
+            # The resolved address of a user trustee; an app as given.
+            trustee=UserTrustee(self.trustee.address) if self.trustee and not r.trustee_is_app else r.who,
             inbound=r.inbound,
             outbound=r.outbound,
             auto_response=r.auto_response,
@@ -170,8 +170,8 @@ class Plan:
             "dry_run": self.dry_run,
             "mailbox": self.mailbox_id,
             "trustee": self.trustee_id,
-            "trustee_kind": "app" if self.request.trustee_is_app else "user",
-            **({"trustee_app": self.request.trustee} if self.request.trustee_is_app else {}),
+            "trustee_kind": self.request.who.kind,
+            **({"trustee_app": self.request.who.app_id} if self.request.who.app_id else {}),
             "service_principal": self.sp_step.to_dict() if self.sp_step is not None else None,
             "inbound": self.request.inbound.value,
             "outbound": self.request.outbound.value,
@@ -418,7 +418,7 @@ async def preflight(
         )
     if desired is not None:
         rights = [Right.FULL_ACCESS]
-        if not request.trustee_is_app and (desired is State.ABSENT or request.send_as):
+        if request.who.needs_send_as(desired is State.ABSENT or request.send_as):
             rights.append(Right.SEND_AS)
         plan.delegations = [Delegation(right=r, desired=desired) for r in rights]
     if plan.refused:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UsageError
-from ..models import Inbound, Outbound, parse_address, parse_guid, parse_inbound, parse_outbound
+from ..models import Inbound, Outbound, Trustee, parse_address, parse_guid, parse_inbound, parse_outbound, trustee_of
 
 __all__ = [
     "OnboardRequest",
@@ -36,6 +36,11 @@ class OnboardRequest:
     # The ESJ app's client id when known (--esj-client-id): what EWS's allow-list is checked for.
     esj_app_id: str | None = None
 
+    @property
+    def who(self) -> Trustee:
+        """The trustee as a type: a user account or an ESJ app, each knowing what it needs."""
+        return trustee_of(self.trustee, is_app=self.trustee_is_app)
+
     @classmethod
     def create(
         cls,
@@ -58,7 +63,7 @@ class OnboardRequest:
             trustee=trustee,
             inbound=inbound_p,
             outbound=outbound_p,
-            send_as=send_as_for(send_as, trustee_is_app=trustee_is_app),
+            send_as=send_as_for(send_as, trustee_of(trustee, is_app=trustee_is_app)),
             auto_response=auto_response,
             trustee_is_app=trustee_is_app,
         )
@@ -76,10 +81,10 @@ def parse_protocols(inbound: str | Inbound, outbound: str | Outbound) -> tuple[I
     return i, o
 
 
-def send_as_for(requested: bool, *, trustee_is_app: bool) -> bool:
+def send_as_for(requested: bool, trustee: Trustee) -> bool:
     """Send As needs a user trustee: an app sends with its own permission (SMTP.SendAsApp,
     Mail.Send), never with a mailbox Send As grant, so for an app it is simply not asked."""
-    return requested and not trustee_is_app
+    return trustee.needs_send_as(requested)
 
 
 def scope_app_for(request: OnboardRequest, scope_esj_app: str | None) -> str | None:
@@ -98,7 +103,7 @@ def scope_app_for(request: OnboardRequest, scope_esj_app: str | None) -> str | N
 def esj_client_id_for(request: OnboardRequest, scope_app: str | None, esj_client_id: str | None) -> str | None:
     """The ESJ app's client id for the options: given, or the app that is the trustee or is
     scoped. They must all name the same app: the one ESJ signs in as."""
-    app_ids = {a for a in (request.trustee if request.trustee_is_app else None, scope_app) if a}
+    app_ids = {a for a in (request.who.app_id, scope_app) if a}
     given = parse_guid(esj_client_id, "--esj-client-id") if esj_client_id else None
     if given and app_ids and given not in app_ids:
         raise UsageError(
