@@ -543,7 +543,7 @@ class ExchangeClient:
         url = f"{self._http.settings.exchange_endpoint}/adminapi/v1.0/{self.tenant}/EXOModuleFile"
         headers = {"Accept": "application/json", "CommandName": "*", "X-AnchorMailbox": self.anchor_for(None)}
         try:
-            response = await self._http.client.get(url, params={"Version": module_version}, headers=headers)
+            response = await self._http.exchange_client.get(url, params={"Version": module_version}, headers=headers)
         except EsjProvisionError as exc:
             log.debug("EXOModuleFile not available: %s", exc.message)
             return None

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import EsjProvisionError, UsageError
 from ..esj.ews_sunset import EWS_BLOCKED_FROM, ews_warning, today
-from ..models import CasMailbox, EwsOrgPolicy, State
+from ..models import CasMailbox, EwsOrgPolicy, Outcome, State
 from .powershell import quote
 from .writes import Step, run_step
 
@@ -278,7 +278,7 @@ async def apply_allow(session: Session, plan: AllowPlan, journal: Journal) -> Al
     assert step is not None
     ex = session.exchange
     if step.action == "none":
-        step.outcome = "already-present"
+        step.outcome = Outcome.ALREADY_PRESENT
         plan.verified = True
         return plan
 
@@ -296,7 +296,7 @@ async def apply_allow(session: Session, plan: AllowPlan, journal: Journal) -> Al
     async def present() -> bool:
         return done(await ex.get_ews_policy())
 
-    await run_step(step, journal, write, present)
+    await run_step(session.http, step, journal, write, present)
     if not step.failed:
         after = await ex.get_ews_policy()
         plan.verified = done(after)
