@@ -63,15 +63,20 @@ def _root(
 
 
 def _register() -> None:
-    # Each module adds its commands to `app` when imported; they import only light modules at top.
-    import importlib
+    # Explicit, like hatch's add_command: a missing module is an ImportError, never a silently
+    # absent command. The command modules import only light modules at their top.
+    from . import audit, bulk, doctor, emit, ews, migrate, onboard, sandbox
 
-    for name in ("emit", "onboard", "bulk", "audit", "doctor", "ews", "migrate", "sandbox"):
-        try:
-            importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{name}":
-                raise
+    app.command()(emit.emit)
+    app.command()(onboard.onboard)
+    app.command()(onboard.offboard)
+    app.command()(bulk.bulk)
+    app.command()(audit.audit)
+    app.command()(doctor.doctor)
+    ews.ews_app.command("allow")(ews.allow)
+    app.add_typer(ews.ews_app, name="ews")
+    app.command()(migrate.migrate)
+    app.command("sandbox")(sandbox.sandbox)
 
 
 _register()

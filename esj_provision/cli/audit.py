@@ -4,33 +4,21 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ..errors import UsageError
-from . import app
-from ._common import (
-    Auth,
-    AuthorityHost,
-    CaBundle,
-    Certificate,
-    ClientId,
-    Cloud,
-    ExchangeEndpoint,
-    GraphEndpoint,
-    SecretFile,
-    TenantId,
-    Verbose,
-    connection_settings,
-    run_async,
-    setup_logging,
-)
+from ._common import run_async
+from ._options import tenant_command
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 FORMATS = ("table", "json", "csv", "markdown")
 
 
-@app.command()
+@tenant_command
 def audit(
     manifest: Path = typer.Argument(..., metavar="MANIFEST", help="The manifest the tenant should match."),
     fmt: str = typer.Option("table", "--format", "-f", metavar="table|json|csv|markdown", help="Report format."),
@@ -43,17 +31,8 @@ def audit(
         help="Also check this ESJ app for access wider than its mailboxes (repeatable; apps named in the "
         "trustee column are always checked).",
     ),
-    cloud: Cloud = None,
-    tenant_id: TenantId = None,
-    client_id: ClientId = None,
-    auth: Auth = None,
-    client_secret_file: SecretFile = None,
-    certificate: Certificate = None,
-    authority_host: AuthorityHost = None,
-    graph_endpoint: GraphEndpoint = None,
-    exchange_endpoint: ExchangeEndpoint = None,
-    ca_bundle: CaBundle = None,
-    verbose: Verbose = False,
+    *,
+    settings: Settings,
 ) -> None:
     """Read-only: each delegation present/absent/unknown, plus drift that matters to ESJ.
 
@@ -74,8 +53,6 @@ def audit(
     if out is not None and out.is_dir():
         raise UsageError(f"cannot write {out}: it is a directory")
     info = manifest_mod.validate(manifest)
-    setup_logging(verbose)
-    settings = connection_settings(locals())
     report = run_async(_audit(settings, info.path, concurrency, apps))
     if fmt_key == "table":
         text = _table(report, to_file=out is not None)

@@ -5,32 +5,20 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ..errors import ExitStatus, UsageError
 from ..models import Inbound, Outbound
-from . import app
-from ._common import (
-    Auth,
-    AuthorityHost,
-    CaBundle,
-    Certificate,
-    ClientId,
-    Cloud,
-    ExchangeEndpoint,
-    GraphEndpoint,
-    SecretFile,
-    TenantId,
-    Verbose,
-    connection_settings,
-    run_async,
-    setup_logging,
-)
+from ._common import run_async
+from ._options import tenant_command
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 
-@app.command()
+@tenant_command
 def bulk(
     manifest: Path = typer.Argument(
         ...,
@@ -75,17 +63,8 @@ def bulk(
         metavar="GUID",
         help="The ESJ app's client id, for the options.",
     ),
-    cloud: Cloud = None,
-    tenant_id: TenantId = None,
-    client_id: ClientId = None,
-    auth: Auth = None,
-    client_secret_file: SecretFile = None,
-    certificate: Certificate = None,
-    authority_host: AuthorityHost = None,
-    graph_endpoint: GraphEndpoint = None,
-    exchange_endpoint: ExchangeEndpoint = None,
-    ca_bundle: CaBundle = None,
-    verbose: Verbose = False,
+    *,
+    settings: Settings,
 ) -> None:
     """Onboard every mailbox of a manifest: validated first, then concurrent, resumable, journalled.
 
@@ -108,8 +87,6 @@ def bulk(
     blocking = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:  # the directory could never be created: say so before any call
         raise UsageError(f"--out-dir {out_dir} cannot be created: {blocking} is not a directory")
-    setup_logging(verbose)
-    settings = connection_settings(locals())
     summary = run_async(
         _bulk(settings, info, dry_run, journal, out_dir, concurrency, profile_obj, esj_client_id, fmt_key)
     )

@@ -4,34 +4,22 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ..errors import UsageError
-from . import app
-from ._common import (
-    Auth,
-    AuthorityHost,
-    CaBundle,
-    Certificate,
-    ClientId,
-    Cloud,
-    ExchangeEndpoint,
-    GraphEndpoint,
-    SecretFile,
-    TenantId,
-    Verbose,
-    connection_settings,
-    run_async,
-    setup_logging,
-)
+from ._common import run_async
+from ._options import tenant_command
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 FORMATS = ("table", "json")
 STYLE = {"ok": "green", "missing": "red", "warning": "yellow", "error": "red"}
 
 
-@app.command()
+@tenant_command
 def doctor(
     inbound: str | None = typer.Option(
         None, "--inbound", metavar="imap|ews|graph", help="Inbound protocol ESJ uses (checks the ESJ app for it)."
@@ -46,17 +34,8 @@ def doctor(
         help="The app ESJ signs in as (client credentials): check what it needs for --inbound/--outbound.",
     ),
     fmt: str = typer.Option("table", "--format", "-f", metavar="table|json", help="table for people, json for scripts."),
-    cloud: Cloud = None,
-    tenant_id: TenantId = None,
-    client_id: ClientId = None,
-    auth: Auth = None,
-    client_secret_file: SecretFile = None,
-    certificate: Certificate = None,
-    authority_host: AuthorityHost = None,
-    graph_endpoint: GraphEndpoint = None,
-    exchange_endpoint: ExchangeEndpoint = None,
-    ca_bundle: CaBundle = None,
-    verbose: Verbose = False,
+    *,
+    settings: Settings,
 ) -> None:
     """Check, before anything changes, everything that would make onboarding fail, and how to fix it.
 
@@ -77,8 +56,6 @@ def doctor(
             "--esj-app needs the protocols ESJ uses",
             hint="add --inbound imap|ews|graph and/or --outbound smtp|ews|graph",
         )
-    setup_logging(verbose)
-    settings = connection_settings(locals())
     report = run_async(_doctor(settings, inbound_p, outbound_p, app_id))
     if fmt_key == "json":
         sys.stdout.write(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")

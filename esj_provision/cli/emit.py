@@ -13,13 +13,11 @@ from pathlib import Path
 import typer
 
 from ..errors import UsageError
-from . import app
 
 FORMATS = ("cfg", "json", "table")
 SECRET_ENV = "ESJ_PROVISION_ESJ_CLIENT_SECRET"
 
 
-@app.command()
 def emit(
     mailbox: str = typer.Argument(
         ..., metavar="MAILBOX", help="The shared mailbox address, e.g. support@contoso.com."

@@ -5,38 +5,25 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ..errors import UsageError
-from . import app
-from ._common import (
-    Auth,
-    AuthorityHost,
-    CaBundle,
-    Certificate,
-    ClientId,
-    Cloud,
-    ExchangeEndpoint,
-    GraphEndpoint,
-    SecretFile,
-    TenantId,
-    Verbose,
-    connection_settings,
-    run_async,
-    setup_logging,
-)
+from ._common import from_env, run_async
+from ._options import tenant_command
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 ews_app = typer.Typer(
     name="ews",
     help="EWS's last months: let the ESJ app through the organisation's EWS policy until it moves to GRAPH.",
     no_args_is_help=True,
 )
-app.add_typer(ews_app, name="ews")
 
 
-@ews_app.command("allow")
+@tenant_command
 def allow(
     esj_app: str = typer.Option(..., "--esj-app", metavar="CLIENT_ID", help="The ESJ app's client id to allow-list."),
     enable_ews: bool = typer.Option(
@@ -50,17 +37,8 @@ def allow(
     journal: Path | None = typer.Option(
         None, "--journal", metavar="PATH", help="Change journal (env ESJ_PROVISION_JOURNAL)."
     ),
-    cloud: Cloud = None,
-    tenant_id: TenantId = None,
-    client_id: ClientId = None,
-    auth: Auth = None,
-    client_secret_file: SecretFile = None,
-    certificate: Certificate = None,
-    authority_host: AuthorityHost = None,
-    graph_endpoint: GraphEndpoint = None,
-    exchange_endpoint: ExchangeEndpoint = None,
-    ca_bundle: CaBundle = None,
-    verbose: Verbose = False,
+    *,
+    settings: Settings,
 ) -> None:
     """Add the ESJ app to EwsAllowedAppIDs: the whole list is read and written back with the app
     appended (Set-OrganizationConfig replaces it); already listed: no write. Journalled.
@@ -71,6 +49,8 @@ def allow(
     from ..esj.ews_sunset import sunset_warning
     from ..models import parse_guid
 
+    journal_env = from_env(journal, "ESJ_PROVISION_JOURNAL")
+    journal = Path(journal_env) if journal_env else None
     fmt_key = fmt.strip().lower()
     if fmt_key not in ("table", "json"):
         raise UsageError(f"unknown format {fmt!r}", hint="choose one of: table, json")
@@ -78,8 +58,6 @@ def allow(
         raise UsageError("--as-powershell prints a script for review: use it with --dry-run")
     app_id = parse_guid(esj_app, "--esj-app client id")
     sunset = sunset_warning("EWS")  # from 1 April 2027 there is nothing left to allow (exit 2)
-    setup_logging(verbose)
-    settings = connection_settings(locals())
     plan = run_async(_allow(settings, app_id, enable_ews, dry_run, journal))
     _render(plan, fmt_key, as_powershell, sunset)
     if not dry_run and plan.failed:

@@ -5,31 +5,19 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ..errors import ExitStatus, UsageError
-from . import app
-from ._common import (
-    Auth,
-    AuthorityHost,
-    CaBundle,
-    Certificate,
-    ClientId,
-    Cloud,
-    ExchangeEndpoint,
-    GraphEndpoint,
-    SecretFile,
-    TenantId,
-    Verbose,
-    connection_settings,
-    run_async,
-    setup_logging,
-)
+from ._common import from_env, run_async
+from ._options import tenant_command
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 
-@app.command()
+@tenant_command
 def migrate(
     manifest: Path = typer.Argument(..., metavar="MANIFEST", help="The manifest bulk and audit use."),
     to: str = typer.Option(..., "--to", metavar="graph", help="The protocol to move to (only graph)."),
@@ -39,9 +27,8 @@ def migrate(
     esj_app: str | None = typer.Option(
         None,
         "--esj-app",
-        envvar="ESJ_PROVISION_ESJ_CLIENT_ID",
         metavar="CLIENT_ID",
-        help="The ESJ app GRAPH signs in as, for rows whose trustee is a service account.",
+        help="The ESJ app GRAPH signs in as, for rows whose trustee is a service account (env ESJ_PROVISION_ESJ_CLIENT_ID).",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="The plan for every row; no write call and no file."),
     out_dir: Path = typer.Option(
@@ -56,19 +43,10 @@ def migrate(
     concurrency: int = typer.Option(8, "--concurrency", min=1, max=64, metavar="N", help="Rows in flight in bulk."),
     fmt: str = typer.Option("table", "--format", "-f", metavar="table|json", help="table for people, json for scripts."),
     profile: Path | None = typer.Option(
-        None, "--profile", envvar="ESJ_PROVISION_PROFILE", metavar="FILE", help="ESJ literals profile."
+        None, "--profile", metavar="FILE", help="ESJ literals profile (env ESJ_PROVISION_PROFILE)."
     ),
-    cloud: Cloud = None,
-    tenant_id: TenantId = None,
-    client_id: ClientId = None,
-    auth: Auth = None,
-    client_secret_file: SecretFile = None,
-    certificate: Certificate = None,
-    authority_host: AuthorityHost = None,
-    graph_endpoint: GraphEndpoint = None,
-    exchange_endpoint: ExchangeEndpoint = None,
-    ca_bundle: CaBundle = None,
-    verbose: Verbose = False,
+    *,
+    settings: Settings,
 ) -> None:
     """Move every EWS row (and with --include, IMAP/SMTP rows) to GRAPH: the ESJ app's Graph mail
     access confined to its mailboxes (RBAC for Applications), the new options (one file per ESJ
@@ -81,6 +59,11 @@ def migrate(
     from ..fleet.migrate import check_apps, parse_include
     from ..models import parse_guid
 
+    esj_app = from_env(esj_app, "ESJ_PROVISION_ESJ_CLIENT_ID")
+    profile_env = from_env(profile, "ESJ_PROVISION_PROFILE")
+    profile = Path(profile_env) if profile_env else None
+    journal_env = from_env(journal, "ESJ_PROVISION_JOURNAL")
+    journal = Path(journal_env) if journal_env else None
     fmt_key = fmt.strip().lower()
     if fmt_key not in ("table", "json"):
         raise UsageError(f"unknown format {fmt!r}", hint="choose one of: table, json")
@@ -97,8 +80,6 @@ def migrate(
         from ..esj.options import load_profile
 
         profile_obj = load_profile(profile)
-    setup_logging(verbose)
-    settings = connection_settings(locals())
     report = run_async(
         _migrate(settings, info, included, app_id, dry_run, journal, out_dir, concurrency, profile_obj)
     )

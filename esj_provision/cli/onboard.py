@@ -5,28 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ..errors import PreflightError, UsageError
-from . import app
-from ._common import (
-    Auth,
-    AuthorityHost,
-    CaBundle,
-    Certificate,
-    ClientId,
-    Cloud,
-    ExchangeEndpoint,
-    GraphEndpoint,
-    SecretFile,
-    TenantId,
-    Verbose,
-    connection_settings,
-    run_async,
-    setup_logging,
-)
+from ._common import run_async
+from ._options import tenant_command
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 FORMATS = ("table", "json", "cfg")
 JournalOpt = typer.Option(
@@ -106,7 +94,7 @@ def _trustee(trustee: str | None, trustee_app: str | None, what: str) -> tuple[s
     raise UsageError(f"give --trustee ACCOUNT or --trustee-app CLIENT_ID ({what})")
 
 
-@app.command()
+@tenant_command
 def onboard(
     mailbox: str = typer.Argument(..., metavar="MAILBOX", help="The shared mailbox address."),
     trustee: str | None = typer.Option(
@@ -161,17 +149,8 @@ def onboard(
         help="The ESJ app's client id, for the options.",
     ),
     journal: Path | None = JournalOpt,
-    cloud: Cloud = None,
-    tenant_id: TenantId = None,
-    client_id: ClientId = None,
-    auth: Auth = None,
-    client_secret_file: SecretFile = None,
-    certificate: Certificate = None,
-    authority_host: AuthorityHost = None,
-    graph_endpoint: GraphEndpoint = None,
-    exchange_endpoint: ExchangeEndpoint = None,
-    ca_bundle: CaBundle = None,
-    verbose: Verbose = False,
+    *,
+    settings: Settings,
 ) -> None:
     """Connect a shared mailbox to ESJ: check, grant Full Access (and Send As), verify, emit options.
 
@@ -205,8 +184,6 @@ def onboard(
     ews_warning(request.inbound, request.outbound)  # from 1 April 2027: refused before any call (exit 2)
     if out is not None and not out.parent.is_dir():
         raise UsageError(f"cannot write {out}: directory {out.parent} does not exist")
-    setup_logging(verbose)
-    settings = connection_settings(locals())
     plan, scope = run_async(
         _run(settings, request, mode="onboard", dry_run=dry_run, journal_path=journal, scope_app=scope_app)
     )
@@ -256,7 +233,7 @@ def _render(
         sys.stderr.write(f"wrote the ESJ options to {out}\n")
 
 
-@app.command()
+@tenant_command
 def offboard(
     mailbox: str = typer.Argument(..., metavar="MAILBOX", help="The shared mailbox address."),
     trustee: str | None = typer.Option(
@@ -276,17 +253,8 @@ def offboard(
         "table", "--format", "-f", metavar="table|json", help="table for people, json for scripts."
     ),
     journal: Path | None = JournalOpt,
-    cloud: Cloud = None,
-    tenant_id: TenantId = None,
-    client_id: ClientId = None,
-    auth: Auth = None,
-    client_secret_file: SecretFile = None,
-    certificate: Certificate = None,
-    authority_host: AuthorityHost = None,
-    graph_endpoint: GraphEndpoint = None,
-    exchange_endpoint: ExchangeEndpoint = None,
-    ca_bundle: CaBundle = None,
-    verbose: Verbose = False,
+    *,
+    settings: Settings,
 ) -> None:
     """Remove the delegations onboarding created (Full Access, Send As) for that trustee.
 
@@ -303,8 +271,6 @@ def offboard(
         raise UsageError("--as-powershell prints a script for review: use it with --dry-run")
     who, is_app = _trustee(trustee, trustee_app, "whose delegations are removed")
     request = OnboardRequest(mailbox=parse_address(mailbox, "mailbox"), trustee=who, trustee_is_app=is_app)
-    setup_logging(verbose)
-    settings = connection_settings(locals())
     plan, _ = run_async(_run(settings, request, mode="offboard", dry_run=dry_run, journal_path=journal))
     _render(plan, None, fmt_key, None, as_powershell)
     _finish(plan)

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, TypeVar
 import typer
 
 from ..errors import ConfigError, EsjProvisionError, UsageError
-from . import app
 
 if TYPE_CHECKING:
     from ..sandbox.config import SandboxConfig, SandboxError
@@ -127,7 +126,6 @@ def _checked(make: Callable[[SandboxConfig], T], cfg: SandboxConfig) -> T:
         raise _translated(exc) from None
 
 
-@app.command("sandbox")
 def sandbox(
     host: str = typer.Option("127.0.0.1", "--host", help="Loopback address to listen on: 127.0.0.1, ::1 or localhost."),
     port: int = typer.Option(0, "--port", help="TCP port; 0 picks a free one."),
