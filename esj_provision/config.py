@@ -44,34 +44,44 @@ ENV_VARS = (
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
-    """Parse a .env file: ``KEY=value`` lines, optional ``export``, quotes, ``#`` comments."""
-    values: dict[str, str] = {}
+    """The variables of a .env file, read by python-dotenv as the users' other tools read it.
+
+    ``export``, quotes, escapes in double quotes, multi-line quoted values and ``#`` comments are
+    python-dotenv's. Values are taken literally (no ``${VAR}`` expansion): a secret may hold a ``$``.
+    A line python-dotenv cannot parse is an error naming that line, not a silently skipped setting.
+    """
+    import io
+
+    from dotenv import dotenv_values
+    from dotenv.parser import parse_stream
+
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        return values
+        return {}
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}", hint="fix or remove the .env file") from None
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("export "):
-            line = line[len("export ") :].lstrip()
-        key, sep, value = line.partition("=")
-        key = key.strip()
-        if not sep or not key.replace("_", "").isalnum():
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            raw = binding.original.string
+            # python-dotenv counts a statement from the blank lines before it; name the line itself.
+            number = binding.original.line + raw[: len(raw) - len(raw.lstrip())].count("\n")
             raise ConfigError(
                 f"{path}, line {number}: expected KEY=value",
                 hint="each line of a .env file is KEY=value; comments start with #",
             )
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-            value = value[1:-1]
-        elif " #" in value:
-            value = value.split(" #", 1)[0].rstrip()
-        values[key] = value
-    return values
+    values = dotenv_values(stream=io.StringIO(text), interpolate=False)
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def environment(environ: Mapping[str, str] | None = None, dotenv_path: Path | None = None) -> dict[str, str]:
+    """The variables every command reads: ``./.env`` overlaid by the process environment.
+
+    An empty variable in the environment does not hide the .env's value (as before).
+    """
+    env = read_dotenv(dotenv_path or Path.cwd() / ".env")
+    env.update({k: v for k, v in (os.environ if environ is None else environ).items() if v != ""})
+    return env
 
 
 def is_loopback_host(host: str) -> bool:
@@ -210,8 +220,7 @@ def load_settings(
     dotenv_path: Path | None = None,
 ) -> Settings:
     """Build Settings from flags (arguments), the environment and ``./.env``."""
-    env: dict[str, str] = dict(read_dotenv(dotenv_path or Path.cwd() / ".env"))
-    env.update({k: v for k, v in (os.environ if environ is None else environ).items() if v != ""})
+    env = environment(environ, dotenv_path)
 
     def pick(flag: str | None, var: str) -> str | None:
         value = flag if flag not in (None, "") else env.get(var)

@@ -88,6 +88,25 @@ def test_dotenv_bad_line_names_the_line(tmp_path: Path, text: str, line: int) ->
     assert info.value.hint
 
 
+def test_dotenv_reads_what_other_tools_write(tmp_path: Path) -> None:
+    """python-dotenv's syntax: escapes in double quotes, multi-line quoted values, literal single quotes."""
+    path = tmp_path / ".env"
+    path.write_text(
+        'MULTI="-----BEGIN KEY-----\nabc\n-----END KEY-----"\n'
+        'ESCAPED="tab\\there \\"quoted\\""\n'
+        "LITERAL='a\\nb $HOME ${HOME}'\n"
+        "export NAKED=plain\n"
+        "DOLLAR=pa$$word${NOT_EXPANDED}\n"
+    )
+    assert read_dotenv(path) == {
+        "MULTI": "-----BEGIN KEY-----\nabc\n-----END KEY-----",
+        "ESCAPED": 'tab\there "quoted"',
+        "LITERAL": "a\\nb $HOME ${HOME}",
+        "NAKED": "plain",
+        "DOLLAR": "pa$$word${NOT_EXPANDED}",  # a secret is taken literally
+    }
+
+
 def test_missing_dotenv_is_fine() -> None:
     assert read_dotenv(NO_DOTENV) == {}
 

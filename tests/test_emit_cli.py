@@ -191,6 +191,36 @@ def test_env_defaults_for_ids_and_cloud(run: Run) -> None:
     assert values[("pop-client", "server")] == "outlook-dod.office365.us"
 
 
+def test_dotenv_is_read_like_every_other_command(run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect 6: emit redefined --cloud/--tenant-id with Typer's envvar=, which ignores ./.env."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text(
+        f"ESJ_PROVISION_CLOUD=usgov-high\nAZURE_TENANT_ID={TENANT_ID}\nESJ_PROVISION_ESJ_CLIENT_ID={CLIENT_ID}\n"
+    )
+    result = run(*emit_args("imap", "smtp", "--format", "json"))
+    assert result.exit_code == 0, result.stderr
+    obj = json.loads(result.stdout)
+    values = {(o["section"], o["name"]): o["value"] for o in obj["options"]}
+    assert obj["cloud"] == "usgov-high"
+    assert values[("smtp-client", "directory-id")] == TENANT_ID
+    assert values[("pop-client", "client-id")] == CLIENT_ID
+    # The environment still beats .env, and a flag beats both.
+    result = run(*emit_args("imap", "smtp", "--format", "json"), env={"ESJ_PROVISION_CLOUD": "china"})
+    assert json.loads(result.stdout)["cloud"] == "china"
+    result = run(*emit_args("imap", "smtp", "--format", "json", "--cloud", "global"), env={"ESJ_PROVISION_CLOUD": "china"})
+    assert json.loads(result.stdout)["cloud"] == "global"
+
+
+def test_a_tenant_domain_from_dotenv_leaves_the_placeholder(run: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection settings accept a domain in AZURE_TENANT_ID; emit must not fail on it."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("AZURE_TENANT_ID=contoso.onmicrosoft.com\n")
+    result = run(*emit_args("imap", "smtp", "--format", "json"))
+    assert result.exit_code == 0, result.stderr
+    values = {(o["section"], o["name"]): o for o in json.loads(result.stdout)["options"]}
+    assert values[("smtp-client", "directory-id")]["placeholder"] is True
+
+
 def test_json_marks_unconfirmed_and_table_shows_it(run: Run) -> None:
     result = run(*emit_args("imap", "smtp", "--format", "json"))
     obj = json.loads(result.stdout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -44,6 +45,21 @@ def print_error(exc: EsjProvisionError) -> None:
         lines.append(f"request-id: {exc.request_id} (quote it to Microsoft support)")
     sys.stderr.write("\n".join(lines) + "\n")
     sys.stderr.flush()
+
+
+def from_env(flag: str | Path | None, var: str) -> str | None:
+    """A flag's value, else the variable from the environment or ``./.env``.
+
+    The one way every command reads a variable, the connection options included (config.load_settings
+    reads the same merged environment): flag > environment > .env. Typer's ``envvar=`` would read
+    only the process environment, which is how ``emit`` once ignored a .env that ``onboard`` honoured.
+    """
+    if flag is not None and str(flag) != "":
+        return str(flag)
+    from ..config import environment
+
+    value = environment().get(var, "").strip()
+    return value or None
 
 
 def setup_logging(verbose: bool) -> None:

@@ -11,7 +11,7 @@ import typer
 
 from ..errors import ExitStatus, UsageError
 from ..models import Inbound, Outbound
-from ._common import run_async
+from ._common import from_env, run_async
 from ._options import tenant_command
 
 if TYPE_CHECKING:
@@ -54,14 +54,13 @@ def bulk(
         help="Summary as a table, or JSON lines (one per row, then the summary).",
     ),
     profile: Path | None = typer.Option(
-        None, "--profile", envvar="ESJ_PROVISION_PROFILE", metavar="FILE", help="ESJ literals profile."
+        None, "--profile", metavar="FILE", help="ESJ literals profile (env ESJ_PROVISION_PROFILE)."
     ),
     esj_client_id: str | None = typer.Option(
         None,
         "--esj-client-id",
-        envvar="ESJ_PROVISION_ESJ_CLIENT_ID",
         metavar="GUID",
-        help="The ESJ app's client id, for the options.",
+        help="The ESJ app's client id, for the options (env ESJ_PROVISION_ESJ_CLIENT_ID).",
     ),
     *,
     settings: Settings,
@@ -72,16 +71,20 @@ def bulk(
     """
     from ..fleet import manifest as manifest_mod
 
+    profile_path = from_env(profile, "ESJ_PROVISION_PROFILE")
+    esj_client_id = from_env(esj_client_id, "ESJ_PROVISION_ESJ_CLIENT_ID")
+    journal_path = from_env(journal, "ESJ_PROVISION_JOURNAL")
+    journal = Path(journal_path) if journal_path else None
     fmt_key = fmt.strip().lower()
     if fmt_key not in ("table", "json"):
         raise UsageError(f"unknown format {fmt!r}", hint="choose one of: table, json")
     info = manifest_mod.validate(manifest)  # before any call to Microsoft, and before writing anything
     ews_note = ews_rows_warning(info.path)  # from 1 April 2027 EWS rows are refused here (exit 2)
     profile_obj = None
-    if profile is not None:
+    if profile_path is not None:
         from ..esj.options import load_profile
 
-        profile_obj = load_profile(profile)
+        profile_obj = load_profile(Path(profile_path))
     if out_dir.exists() and not out_dir.is_dir():
         raise UsageError(f"--out-dir {out_dir} is not a directory")
     blocking = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)

@@ -6,13 +6,13 @@ anything is written: a bad address, protocol, cloud or profile writes no file.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import typer
 
 from ..errors import UsageError
+from ._common import from_env
 
 FORMATS = ("cfg", "json", "table")
 SECRET_ENV = "ESJ_PROVISION_ESJ_CLIENT_SECRET"
@@ -32,9 +32,9 @@ def emit(
         False, "--auto-response/--no-auto-response",
         help="Auto acknowledge/response is used: also set pop-client address and default-from-address.",
     ),
-    cloud: str = typer.Option(
-        "global", "--cloud", envvar="ESJ_PROVISION_CLOUD", metavar="global|usgov-high|usgov-dod|china",
-        help="Microsoft cloud; sets host names and token scopes.",
+    cloud: str | None = typer.Option(
+        None, "--cloud", metavar="global|usgov-high|usgov-dod|china",
+        help="Microsoft cloud; sets host names and token scopes (env ESJ_PROVISION_CLOUD; default global).",
     ),
     fmt: str = typer.Option(
         "cfg", "--format", "-f", metavar="cfg|json|table",
@@ -45,16 +45,18 @@ def emit(
         help="Write to FILE (atomically) instead of stdout. Notes still go to stderr.",
     ),
     profile: Path | None = typer.Option(
-        None, "--profile", envvar="ESJ_PROVISION_PROFILE", metavar="FILE",
-        help="INI profile pinning ESJ literals for your ESJ release (see examples/profile.ini).",
+        None, "--profile", metavar="FILE",
+        help="INI profile pinning ESJ literals for your ESJ release (see examples/profile.ini) "
+        "(env ESJ_PROVISION_PROFILE).",
     ),
     esj_client_id: str | None = typer.Option(
-        None, "--esj-client-id", envvar="ESJ_PROVISION_ESJ_CLIENT_ID", metavar="GUID",
-        help="Client id of the ESJ app registration (not the provisioning app). Default: a placeholder.",
+        None, "--esj-client-id", metavar="GUID",
+        help="Client id of the ESJ app registration (not the provisioning app) (env ESJ_PROVISION_ESJ_CLIENT_ID). "
+        "Default: a placeholder.",
     ),
     tenant_id: str | None = typer.Option(
-        None, "--tenant-id", envvar="AZURE_TENANT_ID", metavar="GUID",
-        help="Directory (tenant) id. Default: a placeholder.",
+        None, "--tenant-id", metavar="GUID",
+        help="Directory (tenant) id (env AZURE_TENANT_ID). Default: a placeholder.",
     ),
     include_secret: bool = typer.Option(
         False, "--include-secret",
@@ -81,6 +83,16 @@ def emit(
     from ..esj.output import print_table, render_cfg, render_json, write_output
     from ..models import parse_inbound, parse_outbound
 
+    # The same variables, read the same way (flag > environment > .env), as every other command.
+    cloud = from_env(cloud, "ESJ_PROVISION_CLOUD") or "global"
+    profile_path = from_env(profile, "ESJ_PROVISION_PROFILE")
+    esj_client_id = from_env(esj_client_id, "ESJ_PROVISION_ESJ_CLIENT_ID")
+    if tenant_id is None:
+        tenant_id = from_env(None, "AZURE_TENANT_ID")
+        # The connection settings accept a domain there; the options need the GUID, so a domain
+        # leaves the placeholder, as onboard does. A --tenant-id given here must be the GUID.
+        if tenant_id and "." in tenant_id:
+            tenant_id = None
     fmt_key = fmt.strip().lower()
     if fmt_key not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}", hint="choose one of: " + ", ".join(FORMATS))
@@ -107,7 +119,7 @@ def emit(
 
     # Before 1 April 2027 the warning is the first of the options' notes; from then on, refused (exit 2).
     ews_warning(request.inbound, request.outbound)
-    prof = load_profile(profile) if profile is not None else Profile()
+    prof = load_profile(Path(profile_path)) if profile_path is not None else Profile()
     if include_secret:
         request.secret = _read_secret(secret_file)
     option_set = build_options(request, prof)
@@ -147,7 +159,7 @@ def _read_secret(secret_file: Path | None) -> str:
             raise UsageError(f"cannot read secret file {str(secret_file)!r}: {reason}") from None
         where = f"secret file {str(secret_file)!r}"
     else:
-        value = os.environ.get(SECRET_ENV, "")
+        value = from_env(None, SECRET_ENV) or ""
         where = f"${SECRET_ENV}"
         if not value:
             raise UsageError(

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from ..errors import PreflightError, UsageError
-from ._common import run_async
+from ._common import from_env, run_async
 from ._options import tenant_command
 
 if TYPE_CHECKING:
@@ -64,6 +64,10 @@ def _options(plan: Any, settings: Any, profile: Path | None, esj_client_id: str 
 
     prof = load_profile(profile) if profile is not None else Profile()
     return build_options(plan.esj_request(settings.cloud, esj_client_id), prof)
+
+
+def _path(value: str | None) -> Path | None:
+    return Path(value) if value else None
 
 
 def _finish(plan: Any, scope: Any = None) -> None:
@@ -137,16 +141,14 @@ def onboard(
     profile: Path | None = typer.Option(
         None,
         "--profile",
-        envvar="ESJ_PROVISION_PROFILE",
         metavar="FILE",
-        help="ESJ literals profile (see examples/profile.ini).",
+        help="ESJ literals profile (see examples/profile.ini) (env ESJ_PROVISION_PROFILE).",
     ),
     esj_client_id: str | None = typer.Option(
         None,
         "--esj-client-id",
-        envvar="ESJ_PROVISION_ESJ_CLIENT_ID",
         metavar="GUID",
-        help="The ESJ app's client id, for the options.",
+        help="The ESJ app's client id, for the options (env ESJ_PROVISION_ESJ_CLIENT_ID).",
     ),
     journal: Path | None = JournalOpt,
     *,
@@ -161,6 +163,9 @@ def onboard(
     """
     from ..provision.request import OnboardRequest, esj_client_id_for, scope_app_for
 
+    profile = _path(from_env(profile, "ESJ_PROVISION_PROFILE"))
+    esj_client_id = from_env(esj_client_id, "ESJ_PROVISION_ESJ_CLIENT_ID")
+    journal = _path(from_env(journal, "ESJ_PROVISION_JOURNAL"))
     fmt_key = fmt.strip().lower()
     if fmt_key not in FORMATS:
         raise UsageError(f"unknown format {fmt!r}", hint="choose one of: " + ", ".join(FORMATS))
@@ -264,6 +269,7 @@ def offboard(
     from ..models import parse_address
     from ..provision.onboard import OnboardRequest
 
+    journal = _path(from_env(journal, "ESJ_PROVISION_JOURNAL"))
     fmt_key = fmt.strip().lower()
     if fmt_key not in ("table", "json"):
         raise UsageError(f"unknown format {fmt!r}", hint="choose one of: table, json")
