@@ -21,7 +21,7 @@ from sandbox_fixtures import Later
 from typer.testing import CliRunner, Result
 
 from esj_provision.cli import app
-from esj_provision.esj.output import parse_cfg
+from esj_provision.esj.cfg import parse_cfg
 from esj_provision.provision.journal import open_intents, read_journal
 from esj_provision.sandbox import Sandbox
 from esj_provision.sandbox.tenant import Tenant

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from esj_provision.cli import app
-from esj_provision.esj.output import parse_cfg
+from esj_provision.esj.cfg import parse_cfg
 
 MAILBOX = "support@contoso.com"
 TRUSTEE = "svc-genesys@contoso.com"

@@ -12,6 +12,7 @@ import pytest
 
 from esj_provision.clouds import CLOUDS
 from esj_provision.errors import ConfigError, EsjProvisionError, UsageError
+from esj_provision.esj.cfg import parse_cfg, render_cfg, render_json
 from esj_provision.esj.options import (
     CLOUD_KEYS,
     PLACEHOLDER_CLIENT_ID,
@@ -28,7 +29,7 @@ from esj_provision.esj.options import (
     load_profile,
     parse_profile,
 )
-from esj_provision.esj.output import parse_cfg, render_cfg, render_json, write_output
+from esj_provision.files import write_output
 from esj_provision.models import Inbound, Outbound
 
 MAILBOX = "support@contoso.com"

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 from esj_provision.cli import app
 from esj_provision.clouds import CLOUDS
 from esj_provision.errors import ConfigError, UsageError
+from esj_provision.esj.cfg import parse_cfg, render_cfg, render_json
 from esj_provision.esj.options import EsjOption, EsjOptionSet, EsjRequest, Profile, build_options, parse_profile
-from esj_provision.esj.output import parse_cfg, render_cfg, render_json
 from esj_provision.models import Inbound, Outbound
 
 NAMES = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._-]{0,30}\Z")

@@ -7,29 +7,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rich.console import Console
 
     from ..errors import EsjProvisionError
-
-_consoles: dict[str, Console] = {}
-
-
-def console() -> Console:
-    """stdout console (rich), created on first use so importing the CLI stays cheap."""
-    if "out" not in _consoles:
-        from rich.console import Console
-
-        _consoles["out"] = Console(highlight=False, soft_wrap=True)
-    return _consoles["out"]
-
-
-def err_console() -> Console:
-    if "err" not in _consoles:
-        from rich.console import Console
-
-        _consoles["err"] = Console(stderr=True, highlight=False, soft_wrap=True)
-    return _consoles["err"]
-
 
 def print_error(exc: EsjProvisionError) -> None:
     """One clear line (plus the hint and Microsoft's request id) on stderr; never a traceback."""

@@ -41,8 +41,8 @@ def audit(
     1 when any row could not be read (never reported as in sync).
     """
     from ..fleet import manifest as manifest_mod
-    from ..fleet.audit import render_csv, render_json, render_markdown
     from ..models import parse_guid
+    from .render import audit_csv, audit_json, audit_markdown, audit_table, print_audit_table
 
     apps = tuple(parse_guid(a, "--esj-app client id") for a in esj_app)
     fmt_key = fmt.strip().lower()
@@ -54,17 +54,17 @@ def audit(
         raise UsageError(f"cannot write {out}: it is a directory")
     info = manifest_mod.validate(manifest)
     report = run_async(_audit(settings, info.path, concurrency, apps))
-    if fmt_key == "table":
-        text = _table(report, to_file=out is not None)
+    if fmt_key == "table" and out is None:
+        print_audit_table(report)
     else:
-        text = {"json": render_json, "csv": render_csv, "markdown": render_markdown}[fmt_key](report)
-    if out is not None:
-        from ..esj.output import write_output
+        text = {"table": audit_table, "json": audit_json, "csv": audit_csv, "markdown": audit_markdown}[fmt_key](report)
+        if out is not None:
+            from ..files import write_output
 
-        write_output(out, text, contains_secret=False)
-        sys.stderr.write(f"wrote {out}\n")
-    else:
-        sys.stdout.write(text)
+            write_output(out, text, contains_secret=False)
+            sys.stderr.write(f"wrote {out}\n")
+        else:
+            sys.stdout.write(text)
     s = report.summary()
     apps_text = f", {s['apps_wider']} of {s['apps']} ESJ app(s) with access wider than their mailboxes" if report.apps else ""
     if report.apps and s["apps_unknown"]:  # exit 1 must not come with a summary that shows nothing unknown
@@ -81,33 +81,3 @@ async def _audit(settings: Any, path: Path, concurrency: int, apps: tuple[str, .
 
     async with Session(settings, max_connections=max(20, concurrency * 2)) as session:
         return await run_audit(session, path, concurrency=concurrency, esj_apps=apps)
-
-
-def _table(report: Any, *, to_file: bool) -> str:
-    import io
-
-    from rich.console import Console
-    from rich.table import Table
-
-    buf = io.StringIO()
-    con = Console(file=buf, width=200 if to_file or not sys.stdout.isatty() else None, highlight=False)
-    table = Table(title="ESJ shared-mailbox audit", title_justify="left")
-    for column in ("line", "mailbox", "trustee", "Full Access", "Send As", "status", "drift / errors"):
-        table.add_column(column, overflow="fold")
-    style = {"in-sync": "green", "drift": "yellow", "unknown": "red"}
-    for r in report.rows:
-        detail = "; ".join(r.drift + r.errors)
-        table.add_row(
-            str(r.line), r.mailbox, r.trustee, r.full_access, r.send_as, f"[{style[r.status]}]{r.status}[/]", detail
-        )
-    con.print(table)
-    if report.apps:
-        apps = Table(title="ESJ apps", title_justify="left")
-        for column in ("app", "status", "wider than its mailboxes / errors"):
-            apps.add_column(column, overflow="fold")
-        app_style = {"ok": "green", "wider": "yellow", "unknown": "red"}
-        for a in report.apps:
-            name = f"{a.display_name} ({a.app_id})" if a.display_name else a.app_id
-            apps.add_row(name, f"[{app_style[a.status]}]{a.status}[/]", "; ".join(a.wider + a.errors))
-        con.print(apps)
-    return buf.getvalue()

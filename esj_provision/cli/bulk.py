@@ -95,7 +95,12 @@ def bulk(
     )
     if ews_note:
         summary.warnings.insert(0, ews_note)
-    _print_summary(summary, fmt_key, dry_run)
+    if fmt_key == "json":
+        sys.stdout.write(json.dumps({"summary": summary.to_dict()}, ensure_ascii=False) + "\n")
+    else:
+        from .render import print_bulk_summary
+
+        print_bulk_summary(summary, dry_run=dry_run)
     if not summary.all_ok:
         raise typer.Exit(int(ExitStatus.PARTIAL))
 
@@ -135,14 +140,15 @@ async def _bulk(
     from ..fleet.bulk import run_bulk
     from ..microsoft.session import Session
     from ..provision.journal import Journal, default_journal_path
+    from .render import Progress
 
-    progress = _Progress(info.rows, enabled=sys.stderr.isatty())
+    progress = Progress(info.rows, enabled=sys.stderr.isatty())
 
     def on_row(result: Any) -> None:
         if fmt_key == "json":
             sys.stdout.write(result.to_json() + "\n")
             sys.stdout.flush()
-        progress.advance(result.status)
+        progress.advance()
 
     async with Session(settings, max_connections=max(20, concurrency * 2)) as session:
         # Opened lazily by its first write: a dry run never creates the file.
@@ -179,74 +185,3 @@ async def _bulk(
             return summary
         finally:
             journal.close()
-
-
-class _Progress:
-    """A rich progress bar on stderr, only on a terminal."""
-
-    def __init__(self, total: int, *, enabled: bool) -> None:
-        self.total, self.enabled = total, enabled
-        self._progress: Any = None
-        self._task: Any = None
-
-    def __enter__(self) -> _Progress:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self._progress = Progress(
-                TextColumn("bulk"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=Console(stderr=True),
-            )
-            self._progress.__enter__()
-            self._task = self._progress.add_task("rows", total=self.total)
-        return self
-
-    def advance(self, status: str) -> None:
-        if self._progress is not None:
-            self._progress.advance(self._task)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(None, None, None)
-
-
-def _print_summary(summary: Any, fmt_key: str, dry_run: bool) -> None:
-    if fmt_key == "json":
-        sys.stdout.write(json.dumps({"summary": summary.to_dict()}, ensure_ascii=False) + "\n")
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    con = Console(highlight=False, soft_wrap=True)
-    table = Table(title="bulk " + ("plan (dry run: nothing changed)" if dry_run else "summary"), title_justify="left")
-    table.add_column("rows", justify="right")
-    table.add_column("ok" if not dry_run else "planned", justify="right")
-    table.add_column("refused", justify="right")
-    table.add_column("failed", justify="right")
-    table.add_column("writes", justify="right")
-    table.add_column("already in place", justify="right")
-    table.add_column("seconds", justify="right")
-    table.add_row(
-        str(summary.rows),
-        str(summary.planned if dry_run else summary.ok),
-        str(summary.refused),
-        str(summary.failed),
-        str(summary.writes),
-        str(summary.already),
-        f"{summary.elapsed_s:.1f}",
-    )
-    con.print(table)
-    for line, mailbox, reason in summary.failures:
-        con.print(f"  line {line}: {mailbox}: {reason}")
-    for warning in summary.warnings:
-        con.print(f"[yellow]warning[/yellow]: {warning}")
-    if summary.reconciled:
-        con.print(
-            f"{summary.reconciled} write(s) interrupted in an earlier run were checked against the tenant and recorded."
-        )
-    for f in summary.files:
-        con.print(f"wrote {f}")

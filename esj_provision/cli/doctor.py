@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from ..config import Settings
 
 FORMATS = ("table", "json")
-STYLE = {"ok": "green", "missing": "red", "warning": "yellow", "error": "red"}
 
 
 @tenant_command
@@ -60,7 +59,9 @@ def doctor(
     if fmt_key == "json":
         sys.stdout.write(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
     else:
-        _table(report)
+        from .render import print_doctor
+
+        print_doctor(report)
     summary = report.to_dict()["summary"]
     sys.stderr.write(
         f"doctor: {summary['ok']} ok, {summary['missing']} missing, {summary['warning']} warning(s), "
@@ -75,20 +76,3 @@ async def _doctor(settings: Any, inbound: Any, outbound: Any, esj_app: str | Non
 
     async with Session(settings) as session:
         return await run_doctor(session, inbound=inbound, outbound=outbound, esj_app=esj_app)
-
-
-def _table(report: Any) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    con = Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 200)
-    table = Table(title="esj-provision doctor", title_justify="left", show_lines=False)
-    for column in ("status", "check", "what", "fix"):
-        table.add_column(column, overflow="fold")
-    group = None
-    for c in report.checks:
-        if c.group != group:
-            group = c.group
-            table.add_row("", f"[bold]{group}[/bold]", "", "")
-        table.add_row(f"[{STYLE[c.status]}]{c.status}[/]", c.id, c.what, c.fix or "")
-    con.print(table)

@@ -79,9 +79,11 @@ def emit(
     """
     # Imported here, not at module top, so `esj-provision --help` does not pay for them.
     from ..clouds import get_cloud
+    from ..esj.cfg import render_cfg, render_json
     from ..esj.options import EsjRequest, Profile, build_options, load_profile
-    from ..esj.output import print_table, render_cfg, render_json, write_output
+    from ..files import write_output
     from ..models import parse_inbound, parse_outbound
+    from .render import print_table
 
     # The same variables, read the same way (flag > environment > .env), as every other command.
     cloud = from_env(cloud, "ESJ_PROVISION_CLOUD") or "global"

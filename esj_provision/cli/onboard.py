@@ -200,8 +200,9 @@ def onboard(
 def _render(
     plan: Any, options: Any, fmt_key: str, out: Path | None, as_powershell: bool, scope: Any = None
 ) -> None:
-    from ..esj.output import option_set_to_dict, print_table, render_cfg, write_output
-    from .render import next_steps, print_plan, print_scope
+    from ..esj.cfg import option_set_to_dict, render_cfg
+    from ..files import write_output
+    from .render import next_steps, print_plan, print_scope, print_table
 
     if as_powershell:
         from ..provision.powershell import steps_to_powershell, to_powershell

@@ -1,18 +1,30 @@
-"""Human-readable reports of a plan and its outcome: what was found, what was done, what next.
+"""Everything the CLI renders for the terminal (and the report formats it writes), in one place.
 
-rich is imported inside the functions only; the JSON forms live on the plan objects themselves.
+The plan and its outcome, the ESJ options table, the audit report (table, JSON, CSV, Markdown),
+the bulk summary and the doctor table. The core never imports typer or rich; it hands back data
+and this module renders it. Every rich Console comes from :func:`console`. rich is imported inside
+the functions only, so commands that print CFG or JSON never pay for it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, TextIO
+import csv
+import io
+import json
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, TextIO
 
 from ..models import Right, State
-from ..provision.onboard import PROPAGATION_NOTE, Plan
 
 if TYPE_CHECKING:
     from rich.console import Console
 
+    from ..doctor import DoctorReport
+    from ..esj.options import EsjOptionSet
+    from ..fleet.audit import AuditReport, AuditRow
+    from ..fleet.bulk import BulkSummary
+    from ..provision.onboard import Plan
     from ..provision.scope import ScopePlan
     from ..provision.writes import Step
 
@@ -31,13 +43,30 @@ STEP_OUTCOME = {**OUTCOME_TEXT, "applied": "done", "already-present": "already i
 RIGHT_TEXT = {Right.FULL_ACCESS: "Full Access", Right.SEND_AS: "Send As"}
 
 
-def _console(file: TextIO | None) -> Console:
+def console(file: TextIO | None = None, *, stderr: bool = False, table: bool = False) -> Console:
+    """The one way the CLI makes a rich Console.
+
+    Text soft-wraps (one line per sentence: a pipe or file gets greppable lines). A table
+    (``table=True``) is laid out 200 columns wide when the output is not a terminal, so a value is
+    never wrapped mid-way in a file or a pipe; on a terminal it takes the terminal's width.
+    """
     from rich.console import Console
 
-    return Console(file=file, highlight=False, soft_wrap=True)
+    out = file if file is not None else sys.stderr if stderr else sys.stdout
+    width = 200 if table and not _isatty(out) else None
+    return Console(file=out, width=width, highlight=False, soft_wrap=not table)
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def next_steps(plan: Plan) -> list[str]:
+    from ..provision.onboard import PROPAGATION_NOTE  # imported here: emit renders without the Microsoft side
+
     steps: list[str] = []
     if plan.refused:
         steps.append("Fix the problems above and run the same command again; nothing was changed.")
@@ -73,7 +102,7 @@ def next_steps(plan: Plan) -> list[str]:
 
 
 def print_plan(plan: Plan, *, file: TextIO | None = None) -> None:
-    con = _console(file)
+    con = console(file)
     r = plan.request
     verb = "Onboarding" if plan.mode == "onboard" else "Offboarding"
     dry = " (dry run: nothing will be changed)" if plan.dry_run else ""
@@ -138,7 +167,7 @@ def _print_step_result(con: Console, step: Step) -> None:
 
 def print_scope(scope: ScopePlan, *, file: TextIO | None = None) -> None:
     """The scoping of an ESJ app (onboard --scope-esj-app)."""
-    con = _console(file)
+    con = console(file)
     dry = " (dry run: nothing will be changed)" if scope.dry_run else ""
     con.print(f"[bold]Scoping ESJ app {scope.app.name if scope.app else scope.app_id}[/bold] to {scope.mailbox}{dry}")
     for f in scope.findings:
@@ -161,3 +190,213 @@ def print_scope(scope: ScopePlan, *, file: TextIO | None = None) -> None:
             "  RBAC for Applications takes 30 minutes to 2 hours to reach Graph; Test-ServicePrincipalAuthorization "
             "already shows the new assignments."
         )
+
+
+# -- the ESJ options ---------------------------------------------------------------------------
+
+
+def print_table(option_sets: Sequence[EsjOptionSet], *, file: TextIO | None = None) -> None:
+    """A rich table per mailbox; unconfirmed values and placeholders are marked; notes below."""
+    from rich.table import Table
+    from rich.text import Text
+
+    con = console(file, table=True)
+    for option_set in option_sets:
+        table = Table(
+            title=(
+                f"ESJ options for {option_set.mailbox} "
+                f"(inbound {option_set.inbound.value}, outbound {option_set.outbound.value}, "
+                f"cloud {option_set.cloud})"
+            ),
+            title_justify="left",
+        )
+        table.add_column("section", no_wrap=True)
+        table.add_column("option", no_wrap=True)
+        table.add_column("value", overflow="fold")
+        table.add_column("status", no_wrap=True)
+        for o in option_set.options:
+            value = Text(o.value) if o.value else Text('""  (empty, key kept)', style="dim")
+            if o.placeholder:
+                status = Text("REPLACE (placeholder)", style="bold red")
+            elif not o.confirmed:
+                status = Text(f"UNCONFIRMED ({o.source})", style="yellow")
+            else:
+                status = Text(f"confirmed ({o.source})", style="green")
+            table.add_row(Text(o.section), Text(o.name), value, status)
+        con.print(table)
+        con.print(Text("Notes:", style="bold"))
+        for note in option_set.notes:
+            # soft_wrap: one line per note, so a pipe or file gets whole sentences (greppable).
+            con.print(Text(f"- {note}"), soft_wrap=True)
+
+
+# -- audit -------------------------------------------------------------------------------------
+
+
+AUDIT_COLUMNS = ("line", "mailbox", "trustee", "inbound", "outbound", "full_access", "send_as", "status", "drift", "errors")
+
+
+def _cells(r: AuditRow) -> list[str]:
+    d = r.to_dict()
+    return [str(d[c]) if not isinstance(d[c], list) else "; ".join(d[c]) for c in AUDIT_COLUMNS]
+
+
+def audit_json(report: AuditReport) -> str:
+    data: dict[str, Any] = {"summary": report.summary(), "rows": [r.to_dict() for r in report.rows]}
+    if report.apps:
+        data["apps"] = [a.to_dict() for a in report.apps]
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def audit_csv(report: AuditReport) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(AUDIT_COLUMNS)
+    for r in report.rows:
+        writer.writerow(_cells(r))
+    return buf.getvalue()
+
+
+def audit_markdown(report: AuditReport) -> str:
+    def esc(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    s = report.summary()
+    lines = [
+        "# ESJ shared-mailbox audit",
+        "",
+        f"{s['rows']} rows: {s['in_sync']} in sync, {s['drift']} with drift, {s['unknown']} unknown.",
+        "",
+        "| " + " | ".join(AUDIT_COLUMNS) + " |",
+        "|" + "---|" * len(AUDIT_COLUMNS),
+    ]
+    lines += ["| " + " | ".join(esc(c) for c in _cells(r)) + " |" for r in report.rows]
+    if report.apps:
+        lines += ["", "## ESJ apps", "", "| app | status | wider than its mailboxes / errors |", "|---|---|---|"]
+        for a in report.apps:
+            name = f"{a.display_name} ({a.app_id})" if a.display_name else a.app_id
+            lines.append(f"| {esc(name)} | {a.status} | {esc('; '.join(a.wider + a.errors))} |")
+    return "\n".join(lines) + "\n"
+
+
+def print_audit_table(report: AuditReport, *, file: TextIO | None = None) -> None:
+    from rich.table import Table
+
+    con = console(file, table=True)
+    table = Table(title="ESJ shared-mailbox audit", title_justify="left")
+    for column in ("line", "mailbox", "trustee", "Full Access", "Send As", "status", "drift / errors"):
+        table.add_column(column, overflow="fold")
+    style = {"in-sync": "green", "drift": "yellow", "unknown": "red"}
+    for r in report.rows:
+        detail = "; ".join(r.drift + r.errors)
+        table.add_row(
+            str(r.line), r.mailbox, r.trustee, r.full_access, r.send_as, f"[{style[r.status]}]{r.status}[/]", detail
+        )
+    con.print(table)
+    if report.apps:
+        apps = Table(title="ESJ apps", title_justify="left")
+        for column in ("app", "status", "wider than its mailboxes / errors"):
+            apps.add_column(column, overflow="fold")
+        app_style = {"ok": "green", "wider": "yellow", "unknown": "red"}
+        for a in report.apps:
+            name = f"{a.display_name} ({a.app_id})" if a.display_name else a.app_id
+            apps.add_row(name, f"[{app_style[a.status]}]{a.status}[/]", "; ".join(a.wider + a.errors))
+        con.print(apps)
+
+
+def audit_table(report: AuditReport) -> str:
+    """The audit table as text for a file (laid out wide)."""
+    buf = io.StringIO()
+    print_audit_table(report, file=buf)
+    return buf.getvalue()
+
+
+# -- bulk --------------------------------------------------------------------------------------
+
+
+def print_bulk_summary(summary: BulkSummary, *, dry_run: bool) -> None:
+    from rich.table import Table
+
+    con = console()
+    table = Table(title="bulk " + ("plan (dry run: nothing changed)" if dry_run else "summary"), title_justify="left")
+    table.add_column("rows", justify="right")
+    table.add_column("ok" if not dry_run else "planned", justify="right")
+    table.add_column("refused", justify="right")
+    table.add_column("failed", justify="right")
+    table.add_column("writes", justify="right")
+    table.add_column("already in place", justify="right")
+    table.add_column("seconds", justify="right")
+    table.add_row(
+        str(summary.rows),
+        str(summary.planned if dry_run else summary.ok),
+        str(summary.refused),
+        str(summary.failed),
+        str(summary.writes),
+        str(summary.already),
+        f"{summary.elapsed_s:.1f}",
+    )
+    con.print(table)
+    for line, mailbox, reason in summary.failures:
+        con.print(f"  line {line}: {mailbox}: {reason}")
+    for warning in summary.warnings:
+        con.print(f"[yellow]warning[/yellow]: {warning}")
+    if summary.reconciled:
+        con.print(
+            f"{summary.reconciled} write(s) interrupted in an earlier run were checked against the tenant and recorded."
+        )
+    for f in summary.files:
+        con.print(f"wrote {f}")
+
+
+class Progress:
+    """A rich progress bar on stderr, only on a terminal."""
+
+    def __init__(self, total: int, *, enabled: bool) -> None:
+        self.total, self.enabled = total, enabled
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> Progress:
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+            from rich.progress import Progress as RichProgress
+
+            self._progress = RichProgress(
+                TextColumn("bulk"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=console(stderr=True, table=True),
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task("rows", total=self.total)
+        return self
+
+    def advance(self) -> None:
+        if self._progress is not None:
+            self._progress.advance(self._task)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(None, None, None)
+
+
+# -- doctor ------------------------------------------------------------------------------------
+
+DOCTOR_STYLE = {"ok": "green", "missing": "red", "warning": "yellow", "error": "red"}
+
+
+def print_doctor(report: DoctorReport) -> None:
+    from rich.table import Table
+
+    con = console(table=True)
+    table = Table(title="esj-provision doctor", title_justify="left", show_lines=False)
+    for column in ("status", "check", "what", "fix"):
+        table.add_column(column, overflow="fold")
+    group = None
+    for c in report.checks:
+        if c.group != group:
+            group = c.group
+            table.add_row("", f"[bold]{group}[/bold]", "", "")
+        table.add_row(f"[{DOCTOR_STYLE[c.status]}]{c.status}[/]", c.id, c.what, c.fix or "")
+    con.print(table)

@@ -151,7 +151,7 @@ class EsjOptionSet:
         return None
 
     def as_dict(self) -> dict[str, dict[str, str]]:
-        """section -> option -> value, the shape :func:`esj_provision.esj.output.parse_cfg` returns."""
+        """section -> option -> value, the shape :func:`esj_provision.esj.cfg.parse_cfg` returns."""
         out: dict[str, dict[str, str]] = {}
         for o in self.options:
             out.setdefault(o.section, {})[o.name] = o.value

@@ -13,9 +13,6 @@ RBAC roles), which counts as drift.
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -220,49 +217,3 @@ async def run_audit(
     report.elapsed_s = time.monotonic() - started
     report.stats = session.stats()
     return report
-
-
-COLUMNS = ("line", "mailbox", "trustee", "inbound", "outbound", "full_access", "send_as", "status", "drift", "errors")
-
-
-def _cells(r: AuditRow) -> list[str]:
-    d = r.to_dict()
-    return [str(d[c]) if not isinstance(d[c], list) else "; ".join(d[c]) for c in COLUMNS]
-
-
-def render_json(report: AuditReport) -> str:
-    data: dict[str, Any] = {"summary": report.summary(), "rows": [r.to_dict() for r in report.rows]}
-    if report.apps:
-        data["apps"] = [a.to_dict() for a in report.apps]
-    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
-
-
-def render_csv(report: AuditReport) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    for r in report.rows:
-        writer.writerow(_cells(r))
-    return buf.getvalue()
-
-
-def render_markdown(report: AuditReport) -> str:
-    def esc(text: str) -> str:
-        return text.replace("|", "\\|").replace("\n", " ")
-
-    s = report.summary()
-    lines = [
-        "# ESJ shared-mailbox audit",
-        "",
-        f"{s['rows']} rows: {s['in_sync']} in sync, {s['drift']} with drift, {s['unknown']} unknown.",
-        "",
-        "| " + " | ".join(COLUMNS) + " |",
-        "|" + "---|" * len(COLUMNS),
-    ]
-    lines += ["| " + " | ".join(esc(c) for c in _cells(r)) + " |" for r in report.rows]
-    if report.apps:
-        lines += ["", "## ESJ apps", "", "| app | status | wider than its mailboxes / errors |", "|---|---|---|"]
-        for a in report.apps:
-            name = f"{a.display_name} ({a.app_id})" if a.display_name else a.app_id
-            lines.append(f"| {esc(name)} | {a.status} | {esc('; '.join(a.wider + a.errors))} |")
-    return "\n".join(lines) + "\n"

@@ -249,8 +249,9 @@ class OptionFiles:
             self._write(name)
 
     def _write(self, name: str) -> None:
+        from ..esj.cfg import render_cfg
         from ..esj.options import build_options
-        from ..esj.output import render_cfg, write_output
+        from ..files import write_output
 
         rows = sorted(self._pending.pop(name), key=lambda r: r.line)
         self._expected.pop(name, None)
@@ -363,7 +364,9 @@ async def run_bulk(
     started = time.monotonic()
     summary = BulkSummary()
     await warm_up(session)
-    in_flight = open_intents(journal.path)  # writes a crashed run started but never finished
+    skipped: list[int] = []
+    in_flight = open_intents(journal.path, skipped)  # writes a crashed run started but never finished
+    summary.warnings += [f"{journal.path}, line {n}: unreadable journal line skipped" for n in skipped]
     named, samples = _scan(path)
     files = OptionFiles(
         out_dir,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -144,8 +143,12 @@ class Journal:
         self.event("result", entry, outcome=outcome, **fields)
 
 
-def read_journal(path: Path) -> Iterator[dict[str, Any]]:
-    """Every well-formed record; a torn last line (a crash mid-write) is skipped, not fatal."""
+def read_journal(path: Path, skipped: list[int] | None = None) -> Iterator[dict[str, Any]]:
+    """Every well-formed record; a torn last line (a crash mid-write) is skipped, not fatal.
+
+    The numbers of skipped lines go to ``skipped`` (when given): the caller says so to the user;
+    the core prints nothing.
+    """
     try:
         handle = path.open("rb")  # bytes: a line torn inside a multi-byte character must not stop the read
     except FileNotFoundError:
@@ -160,16 +163,20 @@ def read_journal(path: Path) -> Iterator[dict[str, Any]]:
             try:
                 record = json.loads(raw.decode("utf-8"))
             except ValueError:  # UnicodeDecodeError is a ValueError too
-                print(f"warning: {path}, line {number}: unreadable journal line skipped", file=sys.stderr)
+                if skipped is not None:
+                    skipped.append(number)
                 continue
             if isinstance(record, dict):
                 yield record
 
 
-def open_intents(path: Path) -> dict[str, dict[str, Any]]:
-    """Writes that were started but never got a result or reconciliation: key -> intent record."""
+def open_intents(path: Path, skipped: list[int] | None = None) -> dict[str, dict[str, Any]]:
+    """Writes that were started but never got a result or reconciliation: key -> intent record.
+
+    Unreadable lines are skipped; their numbers go to ``skipped`` (see :func:`read_journal`).
+    """
     pending: dict[str, dict[str, Any]] = {}
-    for record in read_journal(path):
+    for record in read_journal(path, skipped):
         key = record.get("key")
         if not isinstance(key, str):
             continue

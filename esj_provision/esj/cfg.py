@@ -1,7 +1,6 @@
-"""Rendering shared by the commands: the GAX CFG file, JSON, a table for people, safe file writes.
+"""The ESJ options as text: the GAX CFG file (and its parser) and the documented JSON shape.
 
-No Typer here; rich is imported only inside :func:`print_table`, so commands that print CFG or
-JSON never pay for it.
+No rendering for the terminal here (that is cli/render.py), and no file writing (files.py).
 
 CFG format (GAX "Bulk Provisioning of Configuration Options", CFG/CONF): UTF-8, one ``[section]``
 or ``option=value`` per line, empty values kept as ``option=``. GAX documents neither comments
@@ -11,16 +10,12 @@ file cannot hold (a line break, a control character) is refused instead of being
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import sys
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigError, EsjProvisionError, UsageError
+from ..errors import ConfigError, UsageError
 
 if TYPE_CHECKING:
     from .options import EsjOption, EsjOptionSet
@@ -152,111 +147,3 @@ def render_json(data: EsjOptionSet | Sequence[EsjOptionSet]) -> str:
         option_set_to_dict(data) if isinstance(data, EsjOptionSet) else [option_set_to_dict(s) for s in data]
     )
     return json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
-
-
-# --------------------------------------------------------------------------------------------
-# Table for people
-
-
-def print_table(
-    option_sets: Sequence[EsjOptionSet], *, file: TextIO | None = None, width: int | None = None
-) -> None:
-    """A rich table per mailbox; unconfirmed values and placeholders are marked; notes below.
-
-    When the output is not a terminal the table is laid out wide (unless ``width`` is given), so
-    a value is never wrapped mid-way in a file or a pipe.
-    """
-    from rich.console import Console
-    from rich.table import Table
-    from rich.text import Text
-
-    out = file if file is not None else sys.stdout
-    if width is None and not _isatty(out):
-        width = 200
-    con = Console(file=out, width=width, highlight=False, soft_wrap=False)
-    for option_set in option_sets:
-        table = Table(
-            title=(
-                f"ESJ options for {option_set.mailbox} "
-                f"(inbound {option_set.inbound.value}, outbound {option_set.outbound.value}, "
-                f"cloud {option_set.cloud})"
-            ),
-            title_justify="left",
-        )
-        table.add_column("section", no_wrap=True)
-        table.add_column("option", no_wrap=True)
-        table.add_column("value", overflow="fold")
-        table.add_column("status", no_wrap=True)
-        for o in option_set.options:
-            value = Text(o.value) if o.value else Text('""  (empty, key kept)', style="dim")
-            if o.placeholder:
-                status = Text("REPLACE (placeholder)", style="bold red")
-            elif not o.confirmed:
-                status = Text(f"UNCONFIRMED ({o.source})", style="yellow")
-            else:
-                status = Text(f"confirmed ({o.source})", style="green")
-            table.add_row(Text(o.section), Text(o.name), value, status)
-        con.print(table)
-        con.print(Text("Notes:", style="bold"))
-        for note in option_set.notes:
-            # soft_wrap: one line per note, so a pipe or file gets whole sentences (greppable).
-            con.print(Text(f"- {note}"), soft_wrap=True)
-
-
-def _isatty(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-# --------------------------------------------------------------------------------------------
-# Files
-
-
-def write_output(path: str | os.PathLike[str], text: str, *, contains_secret: bool) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically; mode 0600 when it holds a secret.
-
-    The data goes to a temporary file in the same directory, created with its final mode (a
-    secret is never readable by others, not even for a moment), then ``os.replace`` puts it in
-    place. On any error the temporary file is removed and the target is left as it was.
-    """
-    target = Path(path)
-    directory = target.parent
-    if not directory.is_dir():
-        raise UsageError(
-            f"cannot write {target}: directory {directory} does not exist",
-            hint="create the directory first, or choose another --out",
-        )
-    if target.is_dir():
-        raise UsageError(f"cannot write {target}: it is a directory")
-
-    mode = 0o600 if contains_secret else 0o666  # 0o666 is narrowed by the umask, as usual
-    tmp: str | None = None
-    try:
-        for _ in range(100):
-            tmp = os.path.join(directory, f".{target.name}.{os.urandom(6).hex()}.tmp")
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), mode)
-                break
-            except FileExistsError:
-                continue
-        else:  # pragma: no cover - 100 random collisions
-            raise FileExistsError(f"no free temporary name in {directory}")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(text.encode("utf-8"))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-        tmp = None
-    except OSError as exc:
-        raise EsjProvisionError(
-            f"cannot write {target}: {exc.strerror or exc}",
-            hint="check the directory exists and is writable",
-        ) from None
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-    return target
-
