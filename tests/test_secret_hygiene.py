@@ -511,7 +511,7 @@ def test_a_secret_given_as_a_flag_is_refused_and_not_echoed(
     for flag in ("--client-secret", "--secret", "--pfx-password", "--certificate-password"):
         given = [f"{flag}={WRONG_SECRET}"] if form == "equals" else [flag, WRONG_SECRET]
         r = h.run(command, *positional, *given, expect=(2,))
-        assert "No such option" in r.stderr, r.stderr
+        assert "no such option" in r.stderr, r.stderr
     h.assert_clean()
 
 

@@ -8,19 +8,65 @@ imported inside command functions, never at import time, so ``--help`` stays fas
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
 import typer
 from typer.core import TyperGroup
 
+try:  # typer >= 0.24 carries its own copy of click; the exceptions it raises are that copy's
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover - older typer, on click itself
+    from click import exceptions as click_errors  # type: ignore[no-redef]
+
 from .. import __version__
 from ..errors import EsjProvisionError, ExitStatus, exit_status_for
-from ._common import print_error
+from ._common import print_error, print_usage_error
+
+DEBUG_ENV = "ESJ_PROVISION_DEBUG"
 
 
 class _Group(TyperGroup):
-    """Maps every error raised by a command to its exit status, in one place."""
+    """Maps every error raised by a command to its exit status, in one place.
+
+    Three kinds: the tool's own errors (one line, a hint, their exit status); the command line's
+    errors that Typer/click find (unknown option, missing argument), made to read the same way with
+    exit status 2; and unexpected exceptions (a bug): one line and exit 1, or the full traceback with
+    ``--traceback`` or ``ESJ_PROVISION_DEBUG=1``.
+    """
+
+    def main(  # type: ignore[override]
+        self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+        standalone_mode: bool = True, **extra: Any,
+    ) -> Any:
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_errors.NoArgsIsHelpError as exc:  # `esj-provision` alone: the help, as before
+            if not standalone_mode:
+                raise
+            from typer import rich_utils
+
+            rich_utils.rich_format_error(exc)
+            sys.exit(exc.exit_code)
+        except click_errors.UsageError as exc:
+            if not standalone_mode:
+                raise
+            print_usage_error(exc)
+            sys.exit(int(ExitStatus.USAGE))
+        except click_errors.ClickException as exc:
+            if not standalone_mode:
+                raise
+            print_error(EsjProvisionError(exc.format_message()))
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            if not standalone_mode:
+                raise
+            print_error(EsjProvisionError("aborted"))
+            sys.exit(int(ExitStatus.ERROR))
+        if not standalone_mode:
+            return rv
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: Any) -> Any:
         try:
@@ -31,6 +77,19 @@ class _Group(TyperGroup):
         except KeyboardInterrupt:
             print_error(EsjProvisionError("interrupted"))
             ctx.exit(int(ExitStatus.INTERRUPTED))
+        except (typer.Exit, typer.Abort, click_errors.ClickException):
+            raise
+        except Exception as exc:
+            if ctx.params.get("traceback") or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+                raise
+            print_error(
+                EsjProvisionError(
+                    f"unexpected error ({type(exc).__name__}): {exc}",
+                    hint=f"this is a bug in esj-provision: rerun with --traceback (or {DEBUG_ENV}=1) and report "
+                    "the traceback",
+                )
+            )
+            ctx.exit(int(ExitStatus.ERROR))
 
 
 app = typer.Typer(
@@ -57,6 +116,11 @@ def _version(value: bool) -> None:
 def _root(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    traceback: bool = typer.Option(
+        False,
+        "--traceback",
+        help=f"Show the full traceback of an unexpected error (a bug), for a report (env {DEBUG_ENV}=1).",
     ),
 ) -> None:
     """Exit statuses: 0 success, 1 error, 2 usage error, 3 drift found (audit), 4 partial failure (bulk)."""

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-
     from ..errors import EsjProvisionError
 
 def print_error(exc: EsjProvisionError) -> None:
@@ -24,6 +23,15 @@ def print_error(exc: EsjProvisionError) -> None:
         lines.append(f"request-id: {exc.request_id} (quote it to Microsoft support)")
     sys.stderr.write("\n".join(lines) + "\n")
     sys.stderr.flush()
+
+
+def print_usage_error(exc: Any) -> None:
+    """A command-line error found by Typer/click, in the tool's own one-line form (exit status 2)."""
+    message = exc.format_message()
+    command = exc.ctx.command_path if exc.ctx is not None else "esj-provision"
+    from ..errors import UsageError
+
+    print_error(UsageError(message[:1].lower() + message[1:], hint=f"see `{command} --help`"))
 
 
 def from_env(flag: str | Path | None, var: str) -> str | None:
