@@ -603,8 +603,49 @@ def test_missing_file_is_a_config_error(tmp_path: Path, name: str) -> None:
 
 
 def test_a_directory_is_not_a_manifest(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(UsageError, match="is a directory"):
         validate(tmp_path)
+
+
+@pytest.mark.parametrize("command", ["bulk", "audit"])
+def test_a_directory_given_as_the_manifest_is_a_usage_error_and_nothing_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from esj_provision.cli import app
+
+    (tmp_path / "manifests").mkdir()
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    r = CliRunner().invoke(
+        app, [command, "manifests"], env={"ESJ_PROVISION_JOURNAL": str(tmp_path / "j.jsonl")}, catch_exceptions=False
+    )
+    assert r.exit_code == 2
+    assert r.stderr.splitlines()[0] == "error: manifest manifests is a directory"
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_a_manifest_saved_by_excel_in_a_european_locale(tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" under a German or French locale: a BOM, `;` between fields, CRLF."""
+    text = (
+        "mailbox;trustee;inbound;outbound;send_as;esj_instance\r\n"
+        "a@contoso.com;esj@contoso.com;imap;smtp;yes;esj-emea\r\n"
+        "\r\n"
+        "b@contoso.com;esj@contoso.com;graph;graph;no;esj-apac\r\n"
+    )
+    path = write(tmp_path, b"\xef\xbb\xbf" + text.encode())
+    assert validate(path).rows == 2
+    got = [(r.line, r.mailbox, r.inbound, r.outbound, r.send_as, r.esj_instance) for r in rows(path)]
+    assert got == [
+        (2, "a@contoso.com", Inbound.IMAP, Outbound.SMTP, True, "esj-emea"),
+        (4, "b@contoso.com", Inbound.GRAPH, Outbound.GRAPH, False, "esj-apac"),
+    ]
+
+
+def test_semicolon_manifest_problems_name_their_lines(tmp_path: Path) -> None:
+    path = write(tmp_path, "mailbox;trustee;inbound;outbound\r\na@contoso.com;esj@contoso.com;pop3;smtp\r\n")
+    assert [line for line, _ in problems_of(path)] == [2]
 
 
 def test_rows_streams_exactly_what_validate_counted(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import itertools
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -147,10 +148,26 @@ def _decoded_lines(handle: BinaryIO, bad: list[int]) -> Iterator[str]:
                 yield piece.decode("utf-8", "replace")
 
 
+def _delimiter(header: str) -> str:
+    """``;`` when the header is separated by semicolons, else ``,``.
+
+    Excel saves "CSV" with the list separator of the system's locale: ``;`` wherever the decimal
+    separator is a comma (most of Europe). No column name holds either character, so the header
+    line tells which one the file uses.
+    """
+    return ";" if header.count(";") > header.count(",") else ","
+
+
 def _iter_csv(path: Path, problems: list[tuple[int, str]]) -> Iterator[ManifestRow]:
     with _open_binary(path) as handle:
         bad: list[int] = []  # lines that are not UTF-8, in order, not yet reported
-        reader = csv.reader(_decoded_lines(handle, bad))
+        lines = _decoded_lines(handle, bad)
+        head: list[str] = []  # up to the header (the first line that is not blank), to pick the delimiter
+        for text in lines:
+            head.append(text)
+            if text.strip():
+                break
+        reader = csv.reader(itertools.chain(head, lines), delimiter=_delimiter(head[-1] if head else ""))
 
         def undecodable() -> bool:
             """Report the bad lines the reader has consumed so far; True if there were any."""
@@ -301,6 +318,8 @@ class ManifestInfo:
 
 def validate(path: Path) -> ManifestInfo:
     """Read the whole manifest once; raise ManifestError listing every problem, or return its size."""
+    if path.is_dir():
+        raise UsageError(f"manifest {path} is a directory", hint="give the path of a CSV (or YAML) manifest file")
     if not path.is_file():
         raise ConfigError(f"manifest {path} does not exist", hint="give the path of a CSV (or YAML) manifest")
     problems: list[tuple[int, str]] = []
