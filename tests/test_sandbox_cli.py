@@ -15,6 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from esj_provision.cli import app
+from esj_provision.errors import ConfigError
 from esj_provision.sandbox import ENV_VARS, Sandbox, SandboxError
 from esj_provision.sandbox.config import check_loopback, parse_latency
 
@@ -68,8 +69,8 @@ def test_cli_serves_then_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
             proc.kill()
             proc.communicate()
     assert proc.returncode == 0, err
-    assert "export AZURE_CLIENT_SECRET='from-a-file~secret'" in out
-    assert "throwaway secret" in out
+    assert f"# AZURE_CLIENT_SECRET=(in --env-file {env_file})" in out.splitlines()
+    assert "from-a-file~secret" not in out + err
     # ESJ's own secret and password: in the env file, never in the banner.
     assert env["ESJ_PROVISION_ESJ_PASSWORD"] and env["ESJ_PROVISION_ESJ_PASSWORD"] not in out + err
     assert env["ESJ_PROVISION_ESJ_CLIENT_SECRET"] not in out + err
@@ -169,3 +170,25 @@ def test_the_sandbox_never_imports_the_client_side() -> None:
             if isinstance(node, ast.ImportFrom) and (node.level > 1 or (node.module or "").startswith("esj_provision")):
                 offenders.append(f"{path.name}: from {'.' * node.level}{node.module or ''}")
     assert offenders == []
+
+
+@pytest.mark.parametrize("flag", ["--client-secret", "--pfx-password"])
+def test_a_secret_is_never_taken_as_a_flag_value(flag: str) -> None:
+    value = "flag~value~that~must~not~be~echoed"
+    result = CliRunner().invoke(app, ["sandbox", flag, value], catch_exceptions=False)
+    assert result.exit_code == 2
+    assert "no such option" in result.stderr
+    assert value not in result.output
+
+
+def test_secret_files_are_read_and_checked(tmp_path: Path) -> None:
+    from esj_provision.cli.sandbox import _read_secret
+
+    (tmp_path / "s").write_text("from~file\n")
+    assert _read_secret(tmp_path / "s", "--client-secret-file") == "from~file"
+    assert _read_secret(None, "--client-secret-file") is None
+    (tmp_path / "empty").write_text("\n")
+    with pytest.raises(ConfigError, match="is empty"):
+        _read_secret(tmp_path / "empty", "--pfx-password-file")
+    with pytest.raises(ConfigError, match="cannot read"):
+        _read_secret(tmp_path / "missing", "--pfx-password-file")

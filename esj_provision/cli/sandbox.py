@@ -48,7 +48,12 @@ def _write_env_file(path: Path, env: dict[str, str]) -> None:
     os.replace(tmp, path)
 
 
-def _banner(server: SandboxServer) -> str:
+def _banner(server: SandboxServer, env_file: Path | None) -> str:
+    """What a client needs, as exports to paste; the secret stays in the 0600 --env-file.
+
+    Never-rule: no module prints a secret, not even the sandbox's own throwaway one (a terminal's
+    scrollback and a CI log outlive the sandbox).
+    """
     from ..sandbox.config import ENV_FILE_ONLY
 
     env = {k: v for k, v in {**server.env(), **server.esj_env()}.items() if k not in ENV_FILE_ONLY}
@@ -56,8 +61,16 @@ def _banner(server: SandboxServer) -> str:
     assert m is not None
     lines = [
         f"# esj-provision sandbox at {server.url} (tenant {server.tenant.domain} = {server.tenant.tenant_id})",
-        "# AZURE_CLIENT_SECRET is this sandbox's own throwaway secret: it opens nothing but this sandbox.",
-        *(f"export {k}={shlex.quote(v)}" for k, v in env.items()),
+        *(
+            (
+                f"# AZURE_CLIENT_SECRET=(in --env-file {env_file})"
+                if env_file is not None
+                else "# AZURE_CLIENT_SECRET=(not shown: give --env-file FILE to get it in a 0600 file)"
+            )
+            if k == "AZURE_CLIENT_SECRET"
+            else f"export {k}={shlex.quote(v)}"
+            for k, v in env.items()
+        ),
         f"# certificate sign-in: {m.cert_path} (thumbprint {m.client_cert.sha1_hex}),",
         f"#   or {m.pfx_path} with the password in {m.pfx_password_path}",
         f"# ESJ: app {env['ESJ_PROVISION_ESJ_CLIENT_ID']}, service account esj-svc@contoso.com; their secret and "
@@ -93,7 +106,7 @@ async def _serve(cfg: SandboxConfig, env_file: Path | None) -> None:
             hint="choose another --port, or --port 0 for a free one",
         ) from None
     try:
-        sys.stdout.write(_banner(server))
+        sys.stdout.write(_banner(server, env_file))
         sys.stdout.flush()
         if env_file is not None:
             _write_env_file(env_file, {**server.env(), **server.esj_env()})
@@ -158,14 +171,15 @@ def sandbox(
     page_size: int = typer.Option(1000, "--page-size", help="InvokeCommand rows per page before @odata.nextLink."),
     token_lifetime: int = typer.Option(3599, "--token-lifetime", help="Access-token lifetime in seconds."),
     mailboxes: int = typer.Option(0, "--mailboxes", help="Add N generated shared mailboxes queue0001@..."),
-    client_secret: str | None = typer.Option(
-        None, "--client-secret", help="The provisioning app's secret (default: $ESJ_SANDBOX_CLIENT_SECRET or random)."
-    ),
     client_secret_file: Path | None = typer.Option(
-        None, "--client-secret-file", help="Read the provisioning app's secret from this file."
+        None,
+        "--client-secret-file",
+        help="Read the provisioning app's secret from this file (default: $ESJ_SANDBOX_CLIENT_SECRET, else random).",
     ),
-    pfx_password: str | None = typer.Option(
-        None, "--pfx-password", help="Password of provisioning-app.pfx (default: $ESJ_SANDBOX_PFX_PASSWORD or random)."
+    pfx_password_file: Path | None = typer.Option(
+        None,
+        "--pfx-password-file",
+        help="Read the password of provisioning-app.pfx from this file (default: $ESJ_SANDBOX_PFX_PASSWORD, else random).",
     ),
     max_runtime: float | None = typer.Option(None, "--max-runtime", help="Stop by itself after this many seconds."),
     imap_port: int = typer.Option(0, "--imap-port", help="IMAP (implicit TLS) port; 0 picks a free one."),
@@ -181,21 +195,30 @@ def sandbox(
 
     from ..sandbox.config import PFX_PASSWORD_ENV, SECRET_ENV, SandboxConfig
 
-    secret = client_secret
-    if client_secret_file is not None:
-        try:
-            secret = client_secret_file.read_text().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read --client-secret-file {client_secret_file}: {exc.strerror}") from None
-    secret = secret or os.environ.get(SECRET_ENV) or None
+    # Secrets are never taken as flag values: a file, or the environment.
+    secret = _read_secret(client_secret_file, "--client-secret-file") or os.environ.get(SECRET_ENV) or None
+    pfx_password = _read_secret(pfx_password_file, "--pfx-password-file") or os.environ.get(PFX_PASSWORD_ENV) or None
     cfg = _checked(lambda c: c.validate(), SandboxConfig(
         host=host, port=port, dir=dir, state_path=state, page_size=page_size, throttle_rps=throttle_rps,
         graph_rps=graph_rps, exchange_rps=exchange_rps, outlook_concurrency=outlook_concurrency,
         fault_rate=fault_rate, seed=seed, latency_ms=latency_ms,  # type: ignore[arg-type]
         token_lifetime=token_lifetime, mailboxes=mailboxes, client_secret=secret,
-        pfx_password=pfx_password or os.environ.get(PFX_PASSWORD_ENV) or None, max_runtime=max_runtime,
+        pfx_password=pfx_password, max_runtime=max_runtime,
         imap_port=imap_port, smtp_port=smtp_port, propagation_s=propagation_s, verbose=verbose,
     ))
     if env_file is not None:
         env_file.unlink(missing_ok=True)  # waiters must see the NEW file, not a previous run's
     asyncio.run(_serve(cfg, env_file))
+
+
+def _read_secret(path: Path | None, flag: str) -> str | None:
+    if path is None:
+        return None
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"cannot read {flag} {path}: {reason}") from None
+    if not value:
+        raise ConfigError(f"{flag} {path} is empty")
+    return value
