@@ -324,23 +324,10 @@ def test_second_run_writes_nothing_and_gives_the_same_options(big: BigRun) -> No
 # --------------------------------------------------------------------------- smaller runs, no faults
 
 
-@pytest.fixture(scope="module")
-def tenant() -> Iterator[Sandbox]:
-    with Sandbox(mailboxes=120) as sb:
-        yield sb
-
-
 Cli = Callable[..., Result]
+pytestmark = pytest.mark.tenant(mailboxes=120)  # the big run has its own sandbox
 
 
-@pytest.fixture
-def cli(tenant: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
-    monkeypatch.chdir(tmp_path)  # no stray .env from the developer's working directory
-
-    def run(*args: str) -> Result:
-        return invoke(tenant, tmp_path / "journal.jsonl", *args)
-
-    return run
 
 
 def test_bad_rows_are_listed_with_reasons_the_others_succeed_exit_4(tenant: Sandbox, cli: Cli, tmp_path: Path) -> None:

@@ -7,40 +7,24 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import certifi
 import pytest
 from sandbox_fixtures import SandboxClient
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
 from esj_provision import doctor as doctor_mod
-from esj_provision.cli import app
 from esj_provision.sandbox import Sandbox
 
 Cli = Callable[..., Result]
 READ_VERBS = ("Get-", "Test-")
+# Shared and never changed: tests that change the tenant use their own sandbox.
+pytestmark = pytest.mark.tenant()
 
 
-@pytest.fixture(scope="module")
-def tenant() -> Iterator[Sandbox]:
-    """Shared and never changed: tests that change the tenant use their own sandbox."""
-    with Sandbox() as sb:
-        yield sb
-
-
-@pytest.fixture
-def cli(tenant: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
-    monkeypatch.chdir(tmp_path)  # no stray .env from the developer's working directory
-
-    def run(*args: str, sb: Sandbox | None = None, env: dict[str, str] | None = None) -> Result:
-        box = sb or tenant
-        full_env = {**box.env, "ESJ_PROVISION_JOURNAL": str(tmp_path / "journal.jsonl"), **(env or {})}
-        return CliRunner().invoke(app, list(args), env=full_env, catch_exceptions=False)
-
-    return run
 
 
 def doctor_json(cli: Cli, *args: str, sb: Sandbox | None = None, env: dict[str, str] | None = None) -> tuple[

@@ -11,7 +11,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,27 +26,10 @@ TRUSTEE = "esj-svc@contoso.com"
 WRITES = {"Add-MailboxPermission", "Add-RecipientPermission", "Remove-MailboxPermission", "Remove-RecipientPermission"}
 
 
-@pytest.fixture(scope="module")
-def tenant() -> Iterator[Sandbox]:
-    with Sandbox(mailboxes=40) as sb:
-        yield sb
-
-
+pytestmark = pytest.mark.tenant(mailboxes=40)
 Cli = Callable[..., Result]
 
 
-@pytest.fixture
-def cli(tenant: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
-    monkeypatch.chdir(tmp_path)  # no stray .env from the developer's working directory
-    journal = tmp_path / "journal.jsonl"
-
-    def run(*args: str, sb: Sandbox | None = None, env: dict[str, str] | None = None) -> Result:
-        box = sb or tenant
-        full_env = {**box.env, "ESJ_PROVISION_JOURNAL": str(journal), **(env or {})}
-        return CliRunner().invoke(app, list(args), env=full_env, catch_exceptions=False)
-
-    run.journal = journal  # type: ignore[attr-defined]
-    return run
 
 
 def writes_since(sb: Sandbox, mark: int) -> list[dict[str, Any]]:

@@ -8,63 +8,43 @@ never "repaired" when registered with the App registration's object id.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sandbox_fixtures import SandboxClient
-from typer.testing import CliRunner, Result
+from typer.testing import Result
 
-from esj_provision.cli import app
 from esj_provision.fleet.manifest import rows, validate
 from esj_provision.provision.journal import read_journal
 from esj_provision.sandbox import Sandbox
 
 Cli = Callable[..., Result]
+pytestmark = pytest.mark.tenant(private=True, mailboxes=5)  # a fresh tenant per test: they register and grant
 UNKNOWN_APP = "0b7c1f0e-1111-4222-8333-944455556666"
 
 
-@pytest.fixture
-def sb() -> Iterator[Sandbox]:
-    """A private tenant per test: these tests register service principals and grant."""
-    with Sandbox(mailboxes=5) as box:
-        yield box
-
-
-@pytest.fixture
-def cli(sb: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
-    monkeypatch.chdir(tmp_path)
-    journal = tmp_path / "journal.jsonl"
-
-    def run(*args: str, env: dict[str, str] | None = None) -> Result:
-        full_env = {**sb.env, "ESJ_PROVISION_JOURNAL": str(journal), **(env or {})}
-        return CliRunner().invoke(app, list(args), env=full_env, catch_exceptions=False)
-
-    run.journal = journal  # type: ignore[attr-defined]
-    return run
-
-
-def esj_ids(sb: Sandbox) -> tuple[str, str]:
-    esj = next(a for a in sb.state()["apps"] if a["client_id"] == sb.esj_app_id)
+def esj_ids(tenant: Sandbox) -> tuple[str, str]:
+    esj = next(a for a in tenant.state()["apps"] if a["client_id"] == tenant.esj_app_id)
     return esj["sp_object_id"], esj["app_object_id"]
 
 
-def cmdlets(sb: Sandbox, mark: int, *, writes_only: bool = True) -> list[dict[str, Any]]:
-    calls = [c for c in sb.calls()[mark:] if c.get("cmdlet")]
+def cmdlets(tenant: Sandbox, mark: int, *, writes_only: bool = True) -> list[dict[str, Any]]:
+    calls = [c for c in tenant.calls()[mark:] if c.get("cmdlet")]
     return [c for c in calls if c.get("write")] if writes_only else calls
 
 
-def onboard(cli: Cli, sb: Sandbox, mailbox: str, *extra: str) -> tuple[Result, dict[str, Any]]:
-    r = cli("onboard", mailbox, "--trustee-app", sb.esj_app_id, "--inbound", "imap", "--outbound", "smtp",
+def onboard(cli: Cli, tenant: Sandbox, mailbox: str, *extra: str) -> tuple[Result, dict[str, Any]]:
+    r = cli("onboard", mailbox, "--trustee-app", tenant.esj_app_id, "--inbound", "imap", "--outbound", "smtp",
             "--format", "json", *extra)
     return r, (json.loads(r.stdout) if r.stdout.strip().startswith("{") else {})
 
 
-def register(sb: Sandbox, object_id: str) -> None:
-    client = SandboxClient(sb)
+def register(tenant: Sandbox, object_id: str) -> None:
+    client = SandboxClient(tenant)
     try:
-        r = client.invoke("New-ServicePrincipal", {"AppId": sb.esj_app_id, "ObjectId": object_id})
+        r = client.invoke("New-ServicePrincipal", {"AppId": tenant.esj_app_id, "ObjectId": object_id})
         assert r.status_code == 200, r.text
     finally:
         client.close()
@@ -73,32 +53,32 @@ def register(sb: Sandbox, object_id: str) -> None:
 # --------------------------------------------------------------------------- onboard
 
 
-def test_registers_the_service_principal_once_then_grants_full_access(cli: Cli, sb: Sandbox) -> None:
-    sp_id, app_object_id = esj_ids(sb)
-    mark = len(sb.calls())
-    r, data = onboard(cli, sb, "support@contoso.com")
+def test_registers_the_service_principal_once_then_grants_full_access(cli: Cli, tenant: Sandbox) -> None:
+    sp_id, app_object_id = esj_ids(tenant)
+    mark = len(tenant.calls())
+    r, data = onboard(cli, tenant, "support@contoso.com")
     assert r.exit_code == 0, r.stderr
-    assert data["trustee_kind"] == "app" and data["trustee_app"] == sb.esj_app_id
+    assert data["trustee_kind"] == "app" and data["trustee_app"] == tenant.esj_app_id
     assert data["service_principal"]["op"] == "new-service-principal"
     assert (data["service_principal"]["action"], data["service_principal"]["outcome"]) == ("create", "applied")
     assert [(d["right"], d["action"], d["outcome"], d["verified"]) for d in data["delegations"]] == [
         ("FullAccess", "grant", "applied", "present")
     ]
-    writes = cmdlets(sb, mark)
+    writes = cmdlets(tenant, mark)
     assert [c["cmdlet"] for c in writes] == ["New-ServicePrincipal", "Add-MailboxPermission"]  # no Send As
     new_sp, grant = writes
     # The Enterprise application's object id, never the App registration's.
     assert new_sp["parameters"]["ObjectId"] == sp_id != app_object_id
-    assert new_sp["parameters"]["AppId"] == sb.esj_app_id
+    assert new_sp["parameters"]["AppId"] == tenant.esj_app_id
     assert grant["parameters"]["User"] == sp_id and grant["parameters"]["AutoMapping"] is False
-    (registered,) = sb.state()["exchange_service_principals"]
+    (registered,) = tenant.state()["exchange_service_principals"]
     assert registered["object_id"] == sp_id
     # Send As is not for apps, and says why.
     finding = next(f for f in data["findings"] if f["code"] == "no-send-as-app")
     assert "SMTP.SendAsApp" in finding["message"]
     # The options: the app's client id, placeholders where the guide wants the delegate's address.
     opts = {(o["section"], o["name"]): o["value"] for o in data["esj_options"]["options"]}
-    assert opts[("pop-client", "client-id")] == sb.esj_app_id == opts[("smtp-client", "client-id")]
+    assert opts[("pop-client", "client-id")] == tenant.esj_app_id == opts[("smtp-client", "client-id")]
     assert opts[("pop-client", "service-account")].startswith("<set:")
     assert any("grant-type client_credentials" in s for s in data["next_steps"])
     # Journalled like every write.
@@ -112,79 +92,79 @@ def test_registers_the_service_principal_once_then_grants_full_access(cli: Cli, 
     ]
 
 
-def test_second_run_writes_nothing_and_another_mailbox_only_grants(cli: Cli, sb: Sandbox) -> None:
-    assert onboard(cli, sb, "support@contoso.com")[0].exit_code == 0
-    mark = len(sb.calls())
-    r, data = onboard(cli, sb, "support@contoso.com")
+def test_second_run_writes_nothing_and_another_mailbox_only_grants(cli: Cli, tenant: Sandbox) -> None:
+    assert onboard(cli, tenant, "support@contoso.com")[0].exit_code == 0
+    mark = len(tenant.calls())
+    r, data = onboard(cli, tenant, "support@contoso.com")
     assert r.exit_code == 0
     assert data["service_principal"] is None
     assert [d["outcome"] for d in data["delegations"]] == ["already-present"]
-    assert cmdlets(sb, mark) == []
-    mark = len(sb.calls())
-    r, data = onboard(cli, sb, "billing@contoso.com")
+    assert cmdlets(tenant, mark) == []
+    mark = len(tenant.calls())
+    r, data = onboard(cli, tenant, "billing@contoso.com")
     assert r.exit_code == 0
-    assert [c["cmdlet"] for c in cmdlets(sb, mark)] == ["Add-MailboxPermission"]
+    assert [c["cmdlet"] for c in cmdlets(tenant, mark)] == ["Add-MailboxPermission"]
 
 
-def test_table_output_names_the_app_and_the_registration(cli: Cli, sb: Sandbox) -> None:
-    r = cli("onboard", "support@contoso.com", "--trustee-app", sb.esj_app_id, "--inbound", "imap",
+def test_table_output_names_the_app_and_the_registration(cli: Cli, tenant: Sandbox) -> None:
+    r = cli("onboard", "support@contoso.com", "--trustee-app", tenant.esj_app_id, "--inbound", "imap",
             "--outbound", "smtp")
     assert r.exit_code == 0, r.stderr
     assert "for ESJ app Genesys E-mail Server (sandbox) (its Exchange service principal)" in r.stdout
     assert "Exchange service principal of Genesys E-mail Server (sandbox): create" in r.stdout
     assert "Exchange service principal of Genesys E-mail Server (sandbox): done" in r.stdout
-    assert f"esj-provision doctor --esj-app {sb.esj_app_id}" in r.stdout
+    assert f"esj-provision doctor --esj-app {tenant.esj_app_id}" in r.stdout
 
 
-def test_dry_run_writes_nothing_and_prints_the_registration(cli: Cli, sb: Sandbox) -> None:
-    sp_id, _ = esj_ids(sb)
-    mark = len(sb.calls())
-    r = cli("onboard", "support@contoso.com", "--trustee-app", sb.esj_app_id, "--inbound", "imap",
+def test_dry_run_writes_nothing_and_prints_the_registration(cli: Cli, tenant: Sandbox) -> None:
+    sp_id, _ = esj_ids(tenant)
+    mark = len(tenant.calls())
+    r = cli("onboard", "support@contoso.com", "--trustee-app", tenant.esj_app_id, "--inbound", "imap",
             "--outbound", "smtp", "--dry-run", "--as-powershell")
     assert r.exit_code == 0, r.stderr
-    assert f"New-ServicePrincipal -AppId {sb.esj_app_id} -ObjectId {sp_id}" in r.stdout
+    assert f"New-ServicePrincipal -AppId {tenant.esj_app_id} -ObjectId {sp_id}" in r.stdout
     assert f"Add-MailboxPermission -Identity 'support@contoso.com' -User '{sp_id}'" in r.stdout
     assert "Add-RecipientPermission" not in r.stdout
-    assert cmdlets(sb, mark) == []
+    assert cmdlets(tenant, mark) == []
 
 
-def test_registered_with_the_app_registration_object_id_is_refused_and_explained(cli: Cli, sb: Sandbox) -> None:
-    sp_id, app_object_id = esj_ids(sb)
-    register(sb, app_object_id)
-    mark = len(sb.calls())
-    r, data = onboard(cli, sb, "support@contoso.com")
+def test_registered_with_the_app_registration_object_id_is_refused_and_explained(cli: Cli, tenant: Sandbox) -> None:
+    sp_id, app_object_id = esj_ids(tenant)
+    register(tenant, app_object_id)
+    mark = len(tenant.calls())
+    r, data = onboard(cli, tenant, "support@contoso.com")
     assert r.exit_code == 1
     assert "onboard refused: nothing was changed" in r.stderr
     assert f"registered in Exchange with object id {app_object_id}" in r.stderr
     assert "its App registration's object id, not its Enterprise application's" in r.stderr
     finding = next(f for f in data["findings"] if f["code"] == "trustee-app-wrong-object-id")
     assert f"Remove-ServicePrincipal -Identity {app_object_id}" in finding["hint"]
-    assert f"New-ServicePrincipal -AppId {sb.esj_app_id} -ObjectId {sp_id}" in finding["hint"]
+    assert f"New-ServicePrincipal -AppId {tenant.esj_app_id} -ObjectId {sp_id}" in finding["hint"]
     assert "Nothing was changed automatically" in finding["hint"]
-    assert cmdlets(sb, mark) == []  # not silently "fixed"
-    assert sb.state()["exchange_service_principals"][0]["object_id"] == app_object_id
+    assert cmdlets(tenant, mark) == []  # not silently "fixed"
+    assert tenant.state()["exchange_service_principals"][0]["object_id"] == app_object_id
 
 
-def test_app_without_enterprise_application_is_refused(cli: Cli, sb: Sandbox) -> None:
+def test_app_without_enterprise_application_is_refused(cli: Cli, tenant: Sandbox) -> None:
     r = cli("onboard", "support@contoso.com", "--trustee-app", UNKNOWN_APP, "--inbound", "imap", "--outbound", "smtp")
     assert r.exit_code == 1
     assert f"ESJ app {UNKNOWN_APP} has no enterprise application (service principal) in this tenant" in r.stderr
     assert "grant admin consent for the ESJ app in this tenant" in r.stdout
-    assert not [c for c in sb.calls() if c.get("write")]
+    assert not [c for c in tenant.calls() if c.get("write")]
 
 
-def test_without_application_read_all_the_app_cannot_be_resolved(cli: Cli, sb: Sandbox) -> None:
-    sb.mutate("set-app-roles", app=sb.client_id, resource="graph", roles=["User.Read.All", "MailboxSettings.Read"])
-    r, data = onboard(cli, sb, "support@contoso.com")
+def test_without_application_read_all_the_app_cannot_be_resolved(cli: Cli, tenant: Sandbox) -> None:
+    tenant.mutate("set-app-roles", app=tenant.client_id, resource="graph", roles=["User.Read.All", "MailboxSettings.Read"])
+    r, data = onboard(cli, tenant, "support@contoso.com")
     assert r.exit_code == 1
     finding = next(f for f in data["findings"] if f["code"] == "trustee-app-lookup-failed")
     assert "Application.Read.All" in finding["message"] + finding["hint"]
 
 
-def test_recipient_administrator_cannot_register_and_nothing_is_granted(cli: Cli, sb: Sandbox) -> None:
-    sb.mutate("set-directory-roles", app=sb.client_id, roles=["Exchange Recipient Administrator"])
-    mark = len(sb.calls())
-    r, data = onboard(cli, sb, "support@contoso.com")
+def test_recipient_administrator_cannot_register_and_nothing_is_granted(cli: Cli, tenant: Sandbox) -> None:
+    tenant.mutate("set-directory-roles", app=tenant.client_id, roles=["Exchange Recipient Administrator"])
+    mark = len(tenant.calls())
+    r, data = onboard(cli, tenant, "support@contoso.com")
     assert r.exit_code == 1
     step = data["service_principal"]
     assert step["outcome"] == "failed" and "New-ServicePrincipal" in step["error"]
@@ -192,16 +172,16 @@ def test_recipient_administrator_cannot_register_and_nothing_is_granted(cli: Cli
         step["hint"])
     (d,) = data["delegations"]
     assert d["outcome"] == "failed" and "could not be registered" in d["error"]
-    assert [c["cmdlet"] for c in cmdlets(sb, mark)] == ["New-ServicePrincipal"]
+    assert [c["cmdlet"] for c in cmdlets(tenant, mark)] == ["New-ServicePrincipal"]
 
 
-def test_lost_answer_to_the_registration_is_read_back_not_repeated(cli: Cli, sb: Sandbox) -> None:
-    sb.queue_fault("504-after-apply", service="exchange", cmdlet="New-ServicePrincipal")
-    mark = len(sb.calls())
-    r, data = onboard(cli, sb, "support@contoso.com")
+def test_lost_answer_to_the_registration_is_read_back_not_repeated(cli: Cli, tenant: Sandbox) -> None:
+    tenant.queue_fault("504-after-apply", service="exchange", cmdlet="New-ServicePrincipal")
+    mark = len(tenant.calls())
+    r, data = onboard(cli, tenant, "support@contoso.com")
     assert r.exit_code == 0, r.stderr
     assert data["service_principal"]["outcome"] == "applied"
-    assert [c["cmdlet"] for c in cmdlets(sb, mark)].count("New-ServicePrincipal") == 1
+    assert [c["cmdlet"] for c in cmdlets(tenant, mark)].count("New-ServicePrincipal") == 1
     events = [(rec["event"], rec.get("outcome")) for rec in read_journal(cli.journal)  # type: ignore[attr-defined]
               if rec.get("op") == "new-service-principal"]
     assert events == [("intent", None), ("ambiguous", None), ("reconciled", "applied")]
@@ -218,42 +198,42 @@ def test_lost_answer_to_the_registration_is_read_back_not_repeated(cli: Cli, sb:
           "11111111-2222-4333-8444-555555555555"], "is not the ESJ app given to --trustee-app"),
     ],
 )
-def test_usage_errors(cli: Cli, sb: Sandbox, args: list[str], needle: str) -> None:
-    mark = len(sb.calls())
+def test_usage_errors(cli: Cli, tenant: Sandbox, args: list[str], needle: str) -> None:
+    mark = len(tenant.calls())
     r = cli("onboard", "support@contoso.com", *args, "--inbound", "imap", "--outbound", "smtp")
     assert r.exit_code == 2 and needle in r.stderr
-    assert sb.calls()[mark:] == []
+    assert tenant.calls()[mark:] == []
 
 
 # --------------------------------------------------------------------------- offboard
 
 
-def test_offboard_removes_full_access_and_leaves_the_registration(cli: Cli, sb: Sandbox) -> None:
-    sp_id, _ = esj_ids(sb)
-    assert onboard(cli, sb, "support@contoso.com")[0].exit_code == 0
-    mark = len(sb.calls())
-    r = cli("offboard", "support@contoso.com", "--trustee-app", sb.esj_app_id, "--format", "json")
+def test_offboard_removes_full_access_and_leaves_the_registration(cli: Cli, tenant: Sandbox) -> None:
+    sp_id, _ = esj_ids(tenant)
+    assert onboard(cli, tenant, "support@contoso.com")[0].exit_code == 0
+    mark = len(tenant.calls())
+    r = cli("offboard", "support@contoso.com", "--trustee-app", tenant.esj_app_id, "--format", "json")
     assert r.exit_code == 0, r.stderr
     data = json.loads(r.stdout)
     assert [(d["right"], d["outcome"], d["verified"]) for d in data["delegations"]] == [
         ("FullAccess", "removed", "absent")
     ]
-    assert [c["cmdlet"] for c in cmdlets(sb, mark)] == ["Remove-MailboxPermission"]
+    assert [c["cmdlet"] for c in cmdlets(tenant, mark)] == ["Remove-MailboxPermission"]
     assert any("stays registered" in s and f"Remove-ServicePrincipal -Identity {sp_id}" in s
                for s in data["next_steps"])
-    assert len(sb.state()["exchange_service_principals"]) == 1
-    mark = len(sb.calls())
-    r = cli("offboard", "support@contoso.com", "--trustee-app", sb.esj_app_id, "--format", "json")
+    assert len(tenant.state()["exchange_service_principals"]) == 1
+    mark = len(tenant.calls())
+    r = cli("offboard", "support@contoso.com", "--trustee-app", tenant.esj_app_id, "--format", "json")
     assert r.exit_code == 0
     assert [d["outcome"] for d in json.loads(r.stdout)["delegations"]] == ["already-absent"]
-    assert cmdlets(sb, mark) == []
+    assert cmdlets(tenant, mark) == []
 
 
-def test_offboard_of_an_app_never_registered_is_a_no_op(cli: Cli, sb: Sandbox) -> None:
-    r = cli("offboard", "support@contoso.com", "--trustee-app", sb.esj_app_id, "--format", "json")
+def test_offboard_of_an_app_never_registered_is_a_no_op(cli: Cli, tenant: Sandbox) -> None:
+    r = cli("offboard", "support@contoso.com", "--trustee-app", tenant.esj_app_id, "--format", "json")
     assert r.exit_code == 0, r.stderr
     assert [d["outcome"] for d in json.loads(r.stdout)["delegations"]] == ["already-absent"]
-    assert not [c for c in sb.calls() if c.get("write")]
+    assert not [c for c in tenant.calls() if c.get("write")]
 
 
 # --------------------------------------------------------------------------- manifests: bulk and audit
@@ -274,20 +254,20 @@ def test_manifest_accepts_an_app_client_id_as_trustee(tmp_path: Path) -> None:
     assert not user_row.trustee_is_app
 
 
-def test_bulk_with_an_app_trustee_registers_once(cli: Cli, sb: Sandbox, tmp_path: Path) -> None:
-    path = manifest(tmp_path, *(f"queue000{i}@contoso.com,{sb.esj_app_id},imap,smtp" for i in range(1, 5)))
-    mark = len(sb.calls())
+def test_bulk_with_an_app_trustee_registers_once(cli: Cli, tenant: Sandbox, tmp_path: Path) -> None:
+    path = manifest(tmp_path, *(f"queue000{i}@contoso.com,{tenant.esj_app_id},imap,smtp" for i in range(1, 5)))
+    mark = len(tenant.calls())
     r = cli("bulk", str(path), "--out-dir", str(tmp_path / "out"), "--concurrency", "4")
     assert r.exit_code == 0, r.stdout + r.stderr
-    writes = [c["cmdlet"] for c in cmdlets(sb, mark)]
+    writes = [c["cmdlet"] for c in cmdlets(tenant, mark)]
     assert writes.count("New-ServicePrincipal") == 1 and writes.count("Add-MailboxPermission") == 4
     assert "Add-RecipientPermission" not in writes
     cfg = next((tmp_path / "out").glob("esj-*.cfg")).read_text()
-    assert f"client-id={sb.esj_app_id}" in cfg.replace(" ", "")
+    assert f"client-id={tenant.esj_app_id}" in cfg.replace(" ", "")
 
 
-def test_audit_with_an_app_trustee(cli: Cli, sb: Sandbox, tmp_path: Path) -> None:
-    path = manifest(tmp_path, f"support@contoso.com,{sb.esj_app_id},imap,smtp")
+def test_audit_with_an_app_trustee(cli: Cli, tenant: Sandbox, tmp_path: Path) -> None:
+    path = manifest(tmp_path, f"support@contoso.com,{tenant.esj_app_id},imap,smtp")
     # Before onboarding: not registered in Exchange, no Full Access: drift.
     r = cli("audit", str(path), "--format", "json")
     assert r.exit_code == 3, r.stderr
@@ -295,7 +275,7 @@ def test_audit_with_an_app_trustee(cli: Cli, sb: Sandbox, tmp_path: Path) -> Non
     assert (row["full_access"], row["send_as"], row["status"]) == ("absent", "-", "drift")
     assert "ESJ app not registered in Exchange" in row["drift"] and "FullAccess missing" in row["drift"]
 
-    assert onboard(cli, sb, "support@contoso.com")[0].exit_code == 0
+    assert onboard(cli, tenant, "support@contoso.com")[0].exit_code == 0
     # Onboarded: the row is in sync, but the seeded ESJ app also holds Graph Mail.* tenant-wide.
     r = cli("audit", str(path), "--format", "json")
     assert r.exit_code == 3
@@ -303,46 +283,46 @@ def test_audit_with_an_app_trustee(cli: Cli, sb: Sandbox, tmp_path: Path) -> Non
     (row,) = data["rows"]
     assert (row["full_access"], row["send_as"], row["status"]) == ("present", "-", "in-sync")
     (found,) = data["apps"]
-    assert found["app_id"] == sb.esj_app_id and found["status"] == "wider"
+    assert found["app_id"] == tenant.esj_app_id and found["status"] == "wider"
     assert any("Mail.ReadWrite, Mail.Send granted tenant-wide" in w for w in found["wider"])
     assert data["summary"]["apps_wider"] == 1
     r = cli("audit", str(path))
     assert "access wider than their mailboxes" in r.stderr and "ESJ apps" in r.stdout
 
-    sb.mutate("set-app-roles", app=sb.esj_app_id, resource="graph", roles=[])
+    tenant.mutate("set-app-roles", app=tenant.esj_app_id, resource="graph", roles=[])
     r = cli("audit", str(path), "--format", "markdown")
     assert r.exit_code == 0, r.stdout
     assert "## ESJ apps" in r.stdout and "| ok |" in r.stdout
 
     # Drift on the app's grant is seen like a user's.
-    sb.mutate("remove-grant", mailbox="support@contoso.com", trustee=sb.esj_app_id)
+    tenant.mutate("remove-grant", mailbox="support@contoso.com", trustee=tenant.esj_app_id)
     r = cli("audit", str(path), "--format", "json")
     assert r.exit_code == 3 and json.loads(r.stdout)["rows"][0]["drift"] == ["FullAccess missing"]
 
 
-def test_audit_of_an_app_registered_with_the_wrong_object_id(cli: Cli, sb: Sandbox, tmp_path: Path) -> None:
-    register(sb, esj_ids(sb)[1])
-    path = manifest(tmp_path, f"support@contoso.com,{sb.esj_app_id},imap,smtp")
+def test_audit_of_an_app_registered_with_the_wrong_object_id(cli: Cli, tenant: Sandbox, tmp_path: Path) -> None:
+    register(tenant, esj_ids(tenant)[1])
+    path = manifest(tmp_path, f"support@contoso.com,{tenant.esj_app_id},imap,smtp")
     r = cli("audit", str(path), "--format", "json")
     assert r.exit_code == 3
     (row,) = json.loads(r.stdout)["rows"]
     assert "ESJ app registered in Exchange with the wrong object id" in row["drift"]
 
 
-def test_bulk_resume_reconciles_an_interrupted_registration(cli: Cli, sb: Sandbox, tmp_path: Path) -> None:
+def test_bulk_resume_reconciles_an_interrupted_registration(cli: Cli, tenant: Sandbox, tmp_path: Path) -> None:
     """A crash between sending New-ServicePrincipal and recording its answer: the next run reads the
     tenant, records what became of it, and does not register again."""
     from esj_provision.provision.journal import Entry, Journal
 
-    sp_id, _ = esj_ids(sb)
-    register(sb, sp_id)  # what the crashed run's write did
+    sp_id, _ = esj_ids(tenant)
+    register(tenant, sp_id)  # what the crashed run's write did
     with Journal(cli.journal, run_id="crashed") as journal:  # type: ignore[attr-defined]
-        journal.intent(Entry("new-service-principal", "(organization)", sb.esj_app_id), attempt=1)
-    path = manifest(tmp_path, f"support@contoso.com,{sb.esj_app_id},imap,smtp")
-    mark = len(sb.calls())
+        journal.intent(Entry("new-service-principal", "(organization)", tenant.esj_app_id), attempt=1)
+    path = manifest(tmp_path, f"support@contoso.com,{tenant.esj_app_id},imap,smtp")
+    mark = len(tenant.calls())
     r = cli("bulk", str(path), "--out-dir", str(tmp_path / "out"), "--format", "json")
     assert r.exit_code == 0, r.stdout + r.stderr
-    assert [c["cmdlet"] for c in cmdlets(sb, mark)] == ["Add-MailboxPermission"]
+    assert [c["cmdlet"] for c in cmdlets(tenant, mark)] == ["Add-MailboxPermission"]
     (rec,) = [x for x in read_journal(cli.journal)  # type: ignore[attr-defined]
               if x.get("event") == "reconciled" and x.get("op") == "new-service-principal"]
     assert rec["outcome"] == "applied" and rec["run_of_intent"] == "crashed"
