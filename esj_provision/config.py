@@ -51,17 +51,18 @@ def read_dotenv(path: Path) -> dict[str, str]:
     python-dotenv's. Values are taken literally (no ``${VAR}`` expansion): a secret may hold a ``$``.
     A line python-dotenv cannot parse is an error naming that line, not a silently skipped setting.
     """
-    import io
-
-    from dotenv import dotenv_values
-    from dotenv.parser import parse_stream
-
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {path}: {exc}", hint="fix or remove the .env file") from None
+    # Imported only when there is a file to read: python-dotenv brings logging (~20 ms of start-up).
+    import io
+
+    from dotenv import dotenv_values
+    from dotenv.parser import parse_stream
+
     for binding in parse_stream(io.StringIO(text)):
         if binding.error:
             raw = binding.original.string
