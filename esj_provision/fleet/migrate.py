@@ -227,7 +227,7 @@ async def run_migrate(
     profile: Profile | None = None,
 ) -> MigrateReport:
     """The whole move for an already validated manifest (see the module docstring)."""
-    from ..esj.output import write_output
+    from ..files import write_output
     from .bulk import run_bulk
 
     started = time.monotonic()
