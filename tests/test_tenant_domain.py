@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from esj_provision.cli import app
 from esj_provision.clouds import CLOUDS
 from esj_provision.config import load_settings
 from esj_provision.errors import UsageError
-from esj_provision.esj.output import parse_cfg
+from esj_provision.esj.cfg import parse_cfg
 from esj_provision.fleet.bulk import run_bulk
 from esj_provision.microsoft.session import Session
 from esj_provision.provision.journal import Journal, read_journal
@@ -25,12 +24,7 @@ from esj_provision.sandbox import Sandbox
 
 TRUSTEE = "esj-svc@contoso.com"
 WRITES = {"Add-MailboxPermission", "Add-RecipientPermission"}
-
-
-@pytest.fixture(scope="module")
-def tenant() -> Iterator[Sandbox]:
-    with Sandbox(mailboxes=80) as sb:
-        yield sb
+pytestmark = pytest.mark.tenant(mailboxes=80)  # the conftest tenant, one for the module
 
 
 def manifest(path: Path, first: int, count: int) -> None:
