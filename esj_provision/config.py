@@ -39,6 +39,9 @@ ENV_VARS = (
     "ESJ_PROVISION_JOURNAL",
     "ESJ_PROVISION_PROFILE",
     "ESJ_PROVISION_DEBUG",
+    "ESJ_PROVISION_IMAP_ENDPOINT",
+    "ESJ_PROVISION_SMTP_ENDPOINT",
+    "ESJ_PROVISION_EWS_ENDPOINT",
     "SSL_CERT_FILE",
     "REQUESTS_CA_BUNDLE",
 )
@@ -109,6 +112,41 @@ def check_endpoint(url: str, what: str) -> str:
     return url
 
 
+def parse_host_port(value: str, what: str) -> tuple[str, int]:
+    """``host:port`` (``[::1]:port`` for IPv6) of a mail endpoint."""
+    host, sep, port = value.strip().rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"{what} {value!r} is not host:port", hint="for example 127.0.0.1:9993")
+    return host, int(port)
+
+
+@dataclass(frozen=True)
+class MailEndpoints:
+    """Where ESJ connects instead of Exchange Online's hosts (a test tenant such as the sandbox):
+    written into the options emit/onboard/bulk produce, so the probe connects where ESJ would."""
+
+    imap: tuple[str, int] | None = None
+    smtp: tuple[str, int] | None = None
+    ews: str | None = None
+
+
+def mail_endpoints(env: Mapping[str, str]) -> MailEndpoints:
+    imap = (env.get("ESJ_PROVISION_IMAP_ENDPOINT") or "").strip()
+    smtp = (env.get("ESJ_PROVISION_SMTP_ENDPOINT") or "").strip()
+    ews = (env.get("ESJ_PROVISION_EWS_ENDPOINT") or "").strip()
+    return MailEndpoints(
+        imap=parse_host_port(imap, "ESJ_PROVISION_IMAP_ENDPOINT") if imap else None,
+        smtp=parse_host_port(smtp, "ESJ_PROVISION_SMTP_ENDPOINT") if smtp else None,
+        ews=check_endpoint(ews, "ESJ_PROVISION_EWS_ENDPOINT") if ews else None,
+    )
+
+
+def load_mail_endpoints(environ: Mapping[str, str] | None = None, dotenv_path: Path | None = None) -> MailEndpoints:
+    """The mail endpoint overrides from the environment and ``./.env`` (for commands without Settings)."""
+    return mail_endpoints(environment(environ, dotenv_path))
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything needed to reach a tenant. Secrets are excluded from repr and never printed."""
@@ -126,6 +164,7 @@ class Settings:
     client_secret: str | None = field(default=None, repr=False)
     certificate_password: str | None = field(default=None, repr=False)
     timeout: float = 60.0
+    mail: MailEndpoints = field(default_factory=MailEndpoints)
 
     @property
     def secrets(self) -> tuple[str, ...]:
@@ -262,4 +301,5 @@ def load_settings(
         federated_token_file=env.get("AZURE_FEDERATED_TOKEN_FILE") or None,
         client_secret=secret,
         certificate_password=env.get("AZURE_CLIENT_CERTIFICATE_PASSWORD") or None,
+        mail=mail_endpoints(env),
     )

@@ -106,7 +106,13 @@ def emit(
             "never to the terminal or a pipe"
         )
 
+    from ..config import load_mail_endpoints
+
+    ends = load_mail_endpoints()
     request = EsjRequest(
+        imap_endpoint=ends.imap,
+        smtp_endpoint=ends.smtp,
+        ews_endpoint=ends.ews,
         mailbox=mailbox,
         trustee=trustee,
         inbound=parse_inbound(inbound),

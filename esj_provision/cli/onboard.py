@@ -63,7 +63,10 @@ def _options(plan: Any, settings: Any, profile: Path | None, esj_client_id: str 
     from ..esj.options import Profile, build_options, load_profile
 
     prof = load_profile(profile) if profile is not None else Profile()
-    return build_options(plan.esj_request(settings.cloud, esj_client_id), prof)
+    req = plan.esj_request(settings.cloud, esj_client_id)
+    # Options made against a test tenant (the sandbox) point at its mail endpoints.
+    req.imap_endpoint, req.smtp_endpoint, req.ews_endpoint = settings.mail.imap, settings.mail.smtp, settings.mail.ews
+    return build_options(req, prof)
 
 
 def _path(value: str | None) -> Path | None:

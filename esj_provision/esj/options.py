@@ -35,6 +35,7 @@ SRC_CLOUD_UNCONFIRMED = "cloud-unconfirmed"  # endpoint not published for this s
 SRC_INFERRED = "inferred"  # tag [I]: follows from confirmed text, written nowhere
 SRC_GUESS = "guess"  # tag [G]
 SRC_PROFILE = "profile"  # set in the admin's profile file
+SRC_OVERRIDE = "override"  # ESJ_PROVISION_{IMAP,SMTP,EWS}_ENDPOINT: a test tenant's endpoint (the sandbox)
 
 SOURCES = (
     SRC_GUIDE,
@@ -44,6 +45,7 @@ SOURCES = (
     SRC_INFERRED,
     SRC_GUESS,
     SRC_PROFILE,
+    SRC_OVERRIDE,
 )
 
 PLACEHOLDER_CLIENT_ID = "<set: ESJ app client id>"
@@ -177,6 +179,11 @@ class EsjRequest:
     secret: str | None = field(default=None, repr=False)
     # 0 = the first mailbox (``pop-client``); n > 0 uses the profile's "next" section patterns.
     section_index: int = 0
+    # Where ESJ connects instead of Exchange Online (config.MailEndpoints: a test tenant such as the
+    # sandbox), so the options made against it, and the probe reading them, point at it.
+    imap_endpoint: tuple[str, int] | None = None
+    smtp_endpoint: tuple[str, int] | None = None
+    ews_endpoint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -418,12 +425,19 @@ def _inbound(b: _Builder, ctx: _Ctx, s: str) -> None:
     prof = ctx.prof
     b.add_setting(s, "type", prof.setting("inbound-type", proto.value))
     if proto is Inbound.IMAP:
-        b.add_setting(s, "server", ctx.cloud("imap-host", SRC_ENDPOINTS))
-        b.add(s, "port", "993", True, SRC_ENDPOINTS)
+        if ctx.req.imap_endpoint:
+            _override(b, s, ctx.req.imap_endpoint, "ESJ_PROVISION_IMAP_ENDPOINT")
+        else:
+            b.add_setting(s, "server", ctx.cloud("imap-host", SRC_ENDPOINTS))
+            b.add(s, "port", "993", True, SRC_ENDPOINTS)
         _tls(b, s, prof, "imap")
     elif proto is Inbound.EWS:
-        b.add_setting(s, "server", ctx.cloud("ews-url", SRC_ENDPOINTS))
-        b.add(s, "port", "443", True, SRC_GENESYS)
+        if ctx.req.ews_endpoint:
+            _override(b, s, _url_host_port(ctx.req.ews_endpoint), "ESJ_PROVISION_EWS_ENDPOINT",
+                      url=ctx.req.ews_endpoint)
+        else:
+            b.add_setting(s, "server", ctx.cloud("ews-url", SRC_ENDPOINTS))
+            b.add(s, "port", "443", True, SRC_GENESYS)
         # "(empty) The key must be present." [EWS814]
         b.add(s, "folder-path", "", True, SRC_GENESYS)
 
@@ -449,13 +463,20 @@ def _outbound(b: _Builder, ctx: _Ctx, s: str) -> None:
     prof = ctx.prof
     b.add_setting(s, "server-type", prof.setting("outbound-server-type", proto.value))
     if proto is Outbound.SMTP:
-        b.add_setting(s, "server", ctx.cloud("smtp-host", SRC_ENDPOINTS))
-        b.add(s, "port", "587", True, SRC_ENDPOINTS)
+        if ctx.req.smtp_endpoint:
+            _override(b, s, ctx.req.smtp_endpoint, "ESJ_PROVISION_SMTP_ENDPOINT")
+        else:
+            b.add_setting(s, "server", ctx.cloud("smtp-host", SRC_ENDPOINTS))
+            b.add(s, "port", "587", True, SRC_ENDPOINTS)
         _tls(b, s, prof, "smtp")
         b.add(s, "enable-authentication", "true", True, SRC_GENESYS)
     elif proto is Outbound.EWS:
-        b.add_setting(s, "server", ctx.cloud("ews-url", SRC_ENDPOINTS))
-        b.add(s, "port", "443", False, SRC_INFERRED)
+        if ctx.req.ews_endpoint:
+            _override(b, s, _url_host_port(ctx.req.ews_endpoint), "ESJ_PROVISION_EWS_ENDPOINT",
+                      url=ctx.req.ews_endpoint)
+        else:
+            b.add_setting(s, "server", ctx.cloud("ews-url", SRC_ENDPOINTS))
+            b.add(s, "port", "443", False, SRC_INFERRED)
 
     value, ph = _trustee_value(ctx)
     b.add(s, "user", value, True, SRC_GUIDE, placeholder=ph)
@@ -468,6 +489,19 @@ def _outbound(b: _Builder, ctx: _Ctx, s: str) -> None:
     # documented only for pop-client: hence documented=False (values by analogy).
     _oauth(b, ctx, s, graph=proto is Outbound.GRAPH, grant=prof.setting("outbound-grant-type", proto.value),
            documented=False)
+
+
+def _override(b: _Builder, s: str, host_port: tuple[str, int], var: str, url: str | None = None) -> None:
+    note = f"from {var}: a test endpoint, not Exchange Online"
+    b.add(s, "server", url or host_port[0], True, SRC_OVERRIDE, note=note)
+    b.add(s, "port", str(host_port[1]), True, SRC_OVERRIDE, note=note)
+
+
+def _url_host_port(url: str) -> tuple[str, int]:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def _tls(b: _Builder, s: str, prof: Profile, proto: str) -> None:
@@ -553,6 +587,12 @@ def _notes(ctx: _Ctx, options: list[EsjOption], pop: str, smtp: str, sections_kn
         notes.append(
             f"Section names {pop} and {smtp} for an additional mailbox are not confirmed by Genesys "
             "documentation; check them and pin them in a profile ([sections])."
+        )
+    overridden = [f"{o.key}={o.value}" for o in options if o.source == SRC_OVERRIDE]
+    if overridden:
+        notes.append(
+            "These options point at a test endpoint (ESJ_PROVISION_*_ENDPOINT), not Exchange Online: "
+            + ", ".join(overridden) + "."
         )
     placeholders = [o.key for o in options if o.placeholder]
     if placeholders:
