@@ -34,6 +34,7 @@ class ExitStatus(IntEnum):
     USAGE = 2
     DRIFT = 3
     PARTIAL = 4
+    PENDING = 5  # probe: the only problem is a grant Exchange has not applied yet
     INTERRUPTED = 130
 
 

@@ -135,6 +135,15 @@ class DirectoryUser:
 
 
 @dataclass(frozen=True)
+class AppGrant:
+    """One row of Test-ServicePrincipalAuthorization: an RBAC role, its permissions, in scope or not."""
+
+    role: str
+    permissions: frozenset[str]
+    in_scope: bool
+
+
+@dataclass(frozen=True)
 class ServicePrincipal:
     """An Entra enterprise application (service principal) as Graph returns it."""
 
