@@ -123,13 +123,13 @@ def _root(
         help=f"Show the full traceback of an unexpected error (a bug), for a report (env {DEBUG_ENV}=1).",
     ),
 ) -> None:
-    """Exit statuses: 0 success, 1 error, 2 usage error, 3 drift found (audit), 4 partial failure (bulk)."""
+    """Exit statuses: 0 success, 1 error, 2 usage error, 3 drift found (audit), 4 partial failure (bulk), 5 a grant not applied yet (probe)."""
 
 
 def _register() -> None:
     # Explicit, like hatch's add_command: a missing module is an ImportError, never a silently
     # absent command. The command modules import only light modules at their top.
-    from . import audit, bulk, doctor, emit, ews, migrate, onboard, sandbox
+    from . import audit, bulk, doctor, emit, ews, migrate, onboard, probe, sandbox
 
     app.command()(emit.emit)
     app.command()(onboard.onboard)
@@ -140,6 +140,7 @@ def _register() -> None:
     ews.ews_app.command("allow")(ews.allow)
     app.add_typer(ews.ews_app, name="ews")
     app.command()(migrate.migrate)
+    app.command()(probe.probe)
     app.command("sandbox")(sandbox.sandbox)
 
 

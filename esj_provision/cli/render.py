@@ -400,3 +400,33 @@ def print_doctor(report: DoctorReport) -> None:
             table.add_row("", f"[bold]{group}[/bold]", "", "")
         table.add_row(f"[{DOCTOR_STYLE[c.status]}]{c.status}[/]", c.id, c.what, c.fix or "")
     con.print(table)
+
+
+# -- probe -------------------------------------------------------------------------------------
+
+PROBE_STYLE = {"ok": "green", "pending": "yellow", "failed": "bold red", "skipped": "dim"}
+
+
+def print_probe(checks: list[Any], *, file: TextIO | None = None) -> None:
+    """One table of every check, then each problem's fix below it (one line each: greppable)."""
+    from rich.table import Table
+    from rich.text import Text
+
+    con = _console(file)
+    table = Table(title="probe: ESJ's connections, tried as ESJ makes them", title_justify="left")
+    for col in ("section", "direction", "protocol", "check", "status", "reason"):
+        table.add_column(col, overflow="fold", no_wrap=col != "reason")
+    for c in checks:
+        table.add_row(c.section, c.direction, c.protocol, c.check, Text(c.status, style=PROBE_STYLE.get(c.status, "")),
+                      c.reason)
+    con.print(table)
+    for c in checks:
+        if c.fix and c.status in ("failed", "pending"):
+            con.print(Text(f"fix [{c.section}] {c.check}: {c.fix}"), soft_wrap=True)
+    statuses = {c.status for c in checks}
+    if "failed" in statuses:
+        con.print(Text("result: failed (exit 1)", style="bold red"))
+    elif "pending" in statuses:
+        con.print(Text("result: waiting for Exchange to apply a grant (exit 5); --wait 2h retries", style="yellow"))
+    else:
+        con.print(Text("result: ok", style="green"))
