@@ -409,10 +409,15 @@ PROBE_STYLE = {"ok": "green", "pending": "yellow", "failed": "bold red", "skippe
 
 def print_probe(checks: list[Any], *, file: TextIO | None = None) -> None:
     """One table of every check, then each problem's fix below it (one line each: greppable)."""
+    import sys
+
+    from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    con = _console(file)
+    out = file if file is not None else sys.stdout
+    # Laid out wide in a file or a pipe, so a reason is never wrapped mid-way (greppable lines).
+    con = Console(file=out, highlight=False, soft_wrap=True, width=None if _isatty(out) else 240)
     table = Table(title="probe: ESJ's connections, tried as ESJ makes them", title_justify="left")
     for col in ("section", "direction", "protocol", "check", "status", "reason"):
         table.add_column(col, overflow="fold", no_wrap=col != "reason")
@@ -430,3 +435,10 @@ def print_probe(checks: list[Any], *, file: TextIO | None = None) -> None:
         con.print(Text("result: waiting for Exchange to apply a grant (exit 5); --wait 2h retries", style="yellow"))
     else:
         con.print(Text("result: ok", style="green"))
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False

@@ -250,6 +250,10 @@ class Prober:
         mk = _maker(t)
         reason = SEND_NOT_PROVEN.format(mailbox=t.mailbox)
         fix = "to prove it, run again with --send-test-to ADDRESS (one real message FROM the shared mailbox)"
+        if self.setup.send_test_to and t.protocol == "ews":
+            # EWS CreateItem is not implemented: EWS ends on 1 April 2027, and no stand-in serves it here.
+            reason += " (--send-test-to sends over SMTP and GRAPH only, not over EWS)"
+            fix = EWS_END
         if t.app_only or self.grants is None or not t.account:
             return mk("send", SKIPPED, reason, fix)
         held = await self.grants.send_as(t.mailbox, t.account)

@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 MAX_WAIT_S = 48 * 3600  # EwsAllowedAppIDs take up to 24 h; more than two days is a typo
+# The clock and sleep --wait uses, looked up at call time: tests replace them (no real sleeping).
+CLOCK: Callable[[], float] = time.monotonic
+SLEEP: Callable[[float], Awaitable[Any]] = asyncio.sleep
 
 
 def parse_duration(text: str) -> float:
@@ -80,12 +83,14 @@ async def run_probe(
     *,
     grants: GrantReader | None = None,
     wait_s: float = 0.0,
-    clock: Callable[[], float] = time.monotonic,
-    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    clock: Callable[[], float] | None = None,
+    sleep: Callable[[float], Awaitable[Any]] | None = None,
     on_wait: Callable[[list[Check], float], None] = lambda pending, delay: None,
 ) -> list[Check]:
     async with http_client(setup) as client:
         prober = Prober(setup, client, grants)
         if wait_s <= 0:
             return await prober.probe_all(targets)
-        return await probe_until(prober, targets, wait_s, clock=clock, sleep=sleep, on_wait=on_wait)
+        return await probe_until(
+            prober, targets, wait_s, clock=clock or CLOCK, sleep=sleep or SLEEP, on_wait=on_wait
+        )

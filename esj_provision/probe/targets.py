@@ -9,6 +9,7 @@ and otherwise says which one to replace.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,7 +67,9 @@ def load_targets(path: Path) -> list[Target]:
 
 def targets_from_text(text: str, source: str) -> list[Target]:
     stripped = text.lstrip("\ufeff").lstrip()
-    if stripped.startswith(("{", "[")):
+    first = stripped.split("\n", 1)[0].strip()
+    # A CFG file starts with "[pop-client]", which is no JSON; a JSON array starts with "[" and a value.
+    if stripped.startswith("{") or (stripped.startswith("[") and not re.fullmatch(r"\[[^\]\[\"{]+\]", first)):
         sections, mailboxes = _from_json(stripped, source)
     else:
         from ..esj.output import parse_cfg

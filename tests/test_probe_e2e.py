@@ -1,0 +1,398 @@
+"""probe end to end: the real CLI against the sandbox's Entra ID, IMAP, SMTP, EWS and Graph.
+
+Every inbound × outbound pair, in each situation the issue names: ok, no grant, a grant Exchange has
+not applied yet (then --wait), SMTP AUTH off, EWS blocked, a mailbox outside the RBAC scope, a
+wrong secret or password. Each test takes its own mailbox of one shared sandbox where it can; what
+the sandbox says is asserted from its side too (its call log and sent mail), not only from ours.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from esj_provision.cli import app
+from esj_provision.probe import run as probe_run
+from esj_provision.sandbox import Sandbox
+
+PAIRS = [(i, o) for i in ("imap", "ews", "graph") for o in ("smtp", "ews", "graph")]
+ACCOUNT = "esj-svc@contoso.com"
+REQUIRED = {"section", "protocol", "direction", "status", "reason", "fix"}
+_numbers = itertools.count(1)
+
+
+def next_mailbox() -> str:
+    return f"queue{next(_numbers):04d}@contoso.com"
+
+
+def open_ews(sb: Sandbox) -> None:
+    """The organisation allows EWS for the ESJ app (the 2026 default blocks it), effective at once."""
+    sb.mutate("set-ews-enabled", enabled=True)
+    sb.mutate("set-ews-allowed-apps", apps=[sb.esj_app_id])
+    sb.mutate("propagate")
+
+
+@pytest.fixture(scope="module")
+def tenant() -> Iterator[Sandbox]:
+    with Sandbox(mailboxes=200) as sb:
+        open_ews(sb)
+        yield sb
+
+
+@pytest.fixture(scope="module")
+def slow_tenant() -> Iterator[Sandbox]:
+    """Grants reach the mail protocols only an hour after they are made, as in Exchange."""
+    with Sandbox(mailboxes=50, propagation_s=3600) as sb:
+        open_ews(sb)
+        yield sb
+
+
+Cli = Callable[..., Result]
+
+
+@pytest.fixture
+def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
+    monkeypatch.chdir(tmp_path)  # no stray .env
+
+    def run(sb: Sandbox, *args: str, env: dict[str, str | None] | None = None) -> Result:
+        full: dict[str, str | None] = {**sb.env, "ESJ_PROVISION_JOURNAL": str(tmp_path / "journal.jsonl"), **(env or {})}
+        return CliRunner().invoke(app, list(args), env=full, catch_exceptions=False)
+
+    return run
+
+
+def onboard(cli: Cli, sb: Sandbox, tmp: Path, mailbox: str, inbound: str, outbound: str, *extra: str) -> Path:
+    out = tmp / f"{mailbox.split('@')[0]}-{inbound}-{outbound}.cfg"
+    r = cli(sb, "onboard", mailbox, "--trustee", ACCOUNT, "--inbound", inbound, "--outbound", outbound,
+            "--out", str(out), *extra)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    return out
+
+
+def emit(cli: Cli, sb: Sandbox, tmp: Path, mailbox: str, inbound: str, outbound: str) -> Path:
+    """Options for a mailbox nobody granted anything on."""
+    out = tmp / f"{mailbox.split('@')[0]}-{inbound}-{outbound}.cfg"
+    r = cli(sb, "emit", mailbox, "--trustee", ACCOUNT, "--inbound", inbound, "--outbound", outbound, "--out", str(out))
+    assert r.exit_code == 0, r.stderr
+    return out
+
+
+def probe(cli: Cli, sb: Sandbox, path: Path, *extra: str, env: dict[str, str | None] | None = None
+          ) -> tuple[Result, dict[str, Any]]:
+    r = cli(sb, "probe", str(path), "--format", "json", *extra, env=env)
+    doc = json.loads(r.stdout) if r.stdout.strip() else {}
+    for c in doc.get("checks", []):
+        assert set(c) >= REQUIRED, c
+        assert c["status"] in ("ok", "pending", "failed", "skipped")
+    for secret in (sb.esj_password, sb.env["ESJ_PROVISION_ESJ_CLIENT_SECRET"]):
+        assert secret not in r.stdout + r.stderr
+    return r, doc
+
+
+def by(doc: dict[str, Any], direction: str, check: str | None = None) -> list[dict[str, Any]]:
+    return [c for c in doc["checks"] if c["direction"] == direction and (check is None or c["check"] == check)]
+
+
+def statuses(doc: dict[str, Any]) -> set[str]:
+    return {c["status"] for c in doc["checks"]}
+
+
+# -- ok --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("inbound", "outbound"), PAIRS)
+def test_onboarded_mailbox_probes_ok_over_every_pair(
+    tenant: Sandbox, cli: Cli, tmp_path: Path, inbound: str, outbound: str
+) -> None:
+    mailbox = next_mailbox()
+    path = onboard(cli, tenant, tmp_path, mailbox, inbound, outbound)
+    mark = len(tenant.calls())
+    r, doc = probe(cli, tenant, path)
+    assert r.exit_code == 0, doc
+    assert statuses(doc) <= {"ok", "skipped"}
+    (inb,) = by(doc, "inbound")
+    assert inb["status"] == "ok" and inb["protocol"] == inbound and inb["mailbox"] == mailbox
+    # The outbound side proves what it can without a message, and says Send As is not proven.
+    send = by(doc, "outbound", "send")
+    assert send and send[0]["status"] == "skipped" and "not proven" in send[0]["reason"]
+    assert "--send-test-to" in send[0]["fix"]
+    # The sandbox saw the protocol sessions, and no message.
+    services = {c.get("service") for c in tenant.calls()[mark:]}
+    if inbound == "imap":
+        assert "imap" in services
+    if outbound == "smtp":
+        assert "smtp" in services
+    assert not [m for m in tenant.sent() if m.get("mailbox") == mailbox or m.get("from") == mailbox]
+
+
+def test_table_output_names_every_section_and_the_result(tenant: Sandbox, cli: Cli, tmp_path: Path) -> None:
+    path = onboard(cli, tenant, tmp_path, next_mailbox(), "imap", "smtp")
+    r = cli(tenant, "probe", str(path))
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert "pop-client" in r.stdout and "smtp-client" in r.stdout
+    assert "result: ok" in r.stdout
+    assert "not proven" in r.stdout
+
+
+# -- no grant ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("inbound", "outbound"), PAIRS)
+def test_no_grant_is_failed_with_the_missing_right_named(
+    tenant: Sandbox, cli: Cli, tmp_path: Path, inbound: str, outbound: str
+) -> None:
+    mailbox = next_mailbox()
+    path = emit(cli, tenant, tmp_path, mailbox, inbound, outbound)
+    r, doc = probe(cli, tenant, path)
+    needs_grant = (inbound, outbound) != ("graph", "graph")  # the ESJ app's unscoped Graph roles suffice
+    assert r.exit_code == (1 if needs_grant else 0), doc
+    failed = [c for c in doc["checks"] if c["status"] == "failed"]
+    if inbound in ("imap", "ews"):
+        (inb,) = by(doc, "inbound")
+        assert inb["status"] == "failed"
+        assert f"no Full Access for {ACCOUNT} on {mailbox}" in inb["reason"]
+        assert f"onboard {mailbox} --trustee {ACCOUNT}" in inb["fix"]
+    if outbound == "smtp":
+        auth = by(doc, "outbound", "authenticate")[0]
+        assert auth["status"] == "ok"  # the account signs in as itself: only Send As is missing
+        send = by(doc, "outbound", "send")[0]
+        assert send["status"] == "failed" and "has no Send As" in send["reason"]
+    if outbound == "ews":
+        assert any("no Full Access" in c["reason"] for c in by(doc, "outbound"))
+    assert bool(failed) == needs_grant
+
+
+def test_without_the_provisioning_app_a_refusal_says_it_cannot_tell(
+    tenant: Sandbox, cli: Cli, tmp_path: Path
+) -> None:
+    path = emit(cli, tenant, tmp_path, next_mailbox(), "imap", "graph")
+    r, doc = probe(cli, tenant, path, env={"AZURE_CLIENT_ID": None, "AZURE_CLIENT_SECRET": None})
+    assert r.exit_code == 1
+    (inb,) = by(doc, "inbound")
+    assert inb["status"] == "failed"
+    assert "configure the provisioning app to tell which" in inb["reason"]
+
+
+# -- pending, then --wait ---------------------------------------------------------------------------
+
+
+class FakeTime:
+    """--wait's clock and sleep: sleeping advances the clock, and Exchange applies the grants."""
+
+    def __init__(self, sb: Sandbox | None) -> None:
+        self.sb, self.now, self.slept = sb, 1000.0, []  # type: ignore[var-annotated]
+
+    def clock(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+        if self.sb is not None and len(self.slept) == 2:
+            self.sb.mutate("propagate")
+
+
+PENDING_PAIRS = [p for p in PAIRS if p != ("graph", "graph")]  # nothing there waits for a mailbox grant
+
+
+@pytest.mark.parametrize(("inbound", "outbound"), PENDING_PAIRS)
+def test_fresh_grant_is_pending_exit_5_then_wait_turns_it_ok(
+    slow_tenant: Sandbox, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inbound: str, outbound: str
+) -> None:
+    mailbox = next_mailbox()
+    path = onboard(cli, slow_tenant, tmp_path, mailbox, inbound, outbound)
+    # graph × smtp: only Send As waits, and only a message shows it.
+    extra = ("--send-test-to", "adele@contoso.com") if (inbound, outbound) == ("graph", "smtp") else ()
+    r, doc = probe(cli, slow_tenant, path, *extra)
+    assert r.exit_code == 5, doc
+    pending = [c for c in doc["checks"] if c["status"] == "pending"]
+    assert pending and statuses(doc) <= {"ok", "pending", "skipped"}
+    assert all("Exchange has not applied it yet" in c["reason"] and "--wait" in c["fix"] for c in pending)
+
+    fake = FakeTime(slow_tenant)
+    monkeypatch.setattr(probe_run, "CLOCK", fake.clock)
+    monkeypatch.setattr(probe_run, "SLEEP", fake.sleep)
+    r, doc = probe(cli, slow_tenant, path, "--wait", "2h", *extra)
+    assert r.exit_code == 0, doc
+    assert statuses(doc) <= {"ok", "skipped"}
+    assert fake.slept == [2.0, 4.0]  # backoff, and no retry once nothing is pending
+    assert "waiting" in r.stderr and "Exchange has not applied" in r.stderr
+
+
+def test_wait_gives_up_when_the_time_runs_out(
+    slow_tenant: Sandbox, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = onboard(cli, slow_tenant, tmp_path, next_mailbox(), "imap", "graph")
+    fake = FakeTime(None)  # Exchange never applies it
+    monkeypatch.setattr(probe_run, "CLOCK", fake.clock)
+    monkeypatch.setattr(probe_run, "SLEEP", fake.sleep)
+    r, _ = probe(cli, slow_tenant, path, "--wait", "90s")
+    assert r.exit_code == 5
+    assert sum(fake.slept) == 90.0 and fake.slept[:3] == [2.0, 4.0, 8.0]
+    slow_tenant.mutate("propagate")  # leave nothing pending for the next test
+
+
+# -- SMTP AUTH off ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("inbound", ["imap", "ews", "graph"])
+@pytest.mark.parametrize(("switch", "words", "fix"), [
+    (True, "disabled for the mailbox", f"Set-CASMailbox -Identity {ACCOUNT} -SmtpClientAuthenticationDisabled $false"),
+    (None, "disabled for the organisation", "Set-TransportConfig -SmtpClientAuthenticationDisabled $false"),
+])
+def test_smtp_auth_off_is_named_with_its_switch(
+    tenant: Sandbox, cli: Cli, tmp_path: Path, inbound: str, switch: bool | None, words: str, fix: str
+) -> None:
+    path = onboard(cli, tenant, tmp_path, next_mailbox(), inbound, "smtp")
+    tenant.mutate("set-smtp-auth", mailbox=ACCOUNT, disabled=switch)
+    try:
+        r, doc = probe(cli, tenant, path)
+    finally:
+        tenant.mutate("set-smtp-auth", mailbox=ACCOUNT, disabled=False)
+    assert r.exit_code == 1
+    (auth,) = by(doc, "outbound", "authenticate")
+    assert auth["status"] == "failed" and words in auth["reason"]
+    assert "535 5.7.139" in auth["answer"]
+    assert fix in auth["fix"]
+    assert by(doc, "inbound")[0]["status"] == "ok"
+
+
+# -- EWS blocked ---------------------------------------------------------------------------------------
+
+EWS_PAIRS = [p for p in PAIRS if "ews" in p]
+
+
+@pytest.mark.parametrize(("inbound", "outbound"), EWS_PAIRS)
+def test_ews_disabled_for_the_mailbox_is_named_with_the_2027_end(
+    tenant: Sandbox, cli: Cli, tmp_path: Path, inbound: str, outbound: str
+) -> None:
+    mailbox = next_mailbox()
+    path = onboard(cli, tenant, tmp_path, mailbox, inbound, outbound)
+    tenant.mutate("set-ews-enabled", mailbox=mailbox, enabled=False)
+    r, doc = probe(cli, tenant, path)
+    assert r.exit_code == 1
+    ews = [c for c in doc["checks"] if c["protocol"] == "ews"]
+    assert ews and all(c["status"] == "failed" for c in ews)
+    for c in ews:
+        assert "blocked by the organisation's policy" in c["reason"] and "X-EWS-Policy-Reason" in c["answer"]
+        assert "1 April 2027" in c["fix"] and "GRAPH" in c["fix"]
+    others = [c for c in doc["checks"] if c["protocol"] != "ews"]
+    assert all(c["status"] in ("ok", "skipped") for c in others)
+
+
+def test_ews_app_not_allow_listed_is_blocked_by_policy(make_sandbox: Any, cli: Cli, tmp_path: Path) -> None:
+    sb, _ = make_sandbox()
+    sb.mutate("set-ews-enabled", enabled=True)  # but the ESJ app is not in EwsAllowedAppIDs
+    path = onboard(cli, sb, tmp_path, "support@contoso.com", "ews", "graph")
+    r, doc = probe(cli, sb, path)
+    assert r.exit_code == 1
+    (inb,) = by(doc, "inbound")
+    assert "EWS is blocked by policy" in inb["reason"] and "EwsAllowedAppIDs" in inb["fix"]
+
+
+# -- mailbox outside the RBAC scope -------------------------------------------------------------------
+
+GRAPH_PAIRS = [p for p in PAIRS if "graph" in p]
+
+
+@pytest.fixture(scope="module")
+def scoped_tenant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    """The ESJ app holds no unscoped Graph role: RBAC for Applications confines it to support@."""
+    with Sandbox(mailboxes=50) as sb:
+        open_ews(sb)
+        sb.mutate("set-app-roles", app=sb.esj_app_id, resource="graph", roles=[])
+        tmp = tmp_path_factory.mktemp("scoped")
+        env = {**sb.env, "ESJ_PROVISION_JOURNAL": str(tmp / "j.jsonl")}
+        r = CliRunner().invoke(app, ["onboard", "support@contoso.com", "--trustee", ACCOUNT, "--inbound", "graph",
+                                     "--outbound", "graph", "--scope-esj-app", sb.esj_app_id], env=env)
+        assert r.exit_code == 0, r.stdout + r.stderr
+        sb.mutate("propagate")
+        yield sb
+
+
+@pytest.mark.parametrize(("inbound", "outbound"), GRAPH_PAIRS)
+def test_mailbox_outside_the_rbac_scope_is_named(
+    scoped_tenant: Sandbox, cli: Cli, tmp_path: Path, inbound: str, outbound: str
+) -> None:
+    mailbox = next_mailbox()
+    path = onboard(cli, scoped_tenant, tmp_path, mailbox, inbound, outbound)
+    r, doc = probe(cli, scoped_tenant, path)
+    assert r.exit_code == 1, doc
+    graph = [c for c in doc["checks"] if c["protocol"] == "graph" and c["status"] != "skipped"]
+    assert graph and all(c["status"] == "failed" for c in graph)
+    for c in graph:
+        assert f"{mailbox} is outside the RBAC scope" in c["reason"]
+        assert f"--scope-esj-app {scoped_tenant.esj_app_id}" in c["fix"]
+
+
+def test_mailbox_inside_the_rbac_scope_is_ok(scoped_tenant: Sandbox, cli: Cli, tmp_path: Path) -> None:
+    path = onboard(cli, scoped_tenant, tmp_path, "support@contoso.com", "graph", "graph")
+    r, doc = probe(cli, scoped_tenant, path)
+    assert r.exit_code == 0, doc
+    assert by(doc, "inbound")[0]["status"] == "ok"
+
+
+# -- wrong secret or password ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("inbound", "outbound"), PAIRS)
+def test_wrong_secret_or_password_blames_the_right_credential(
+    tenant: Sandbox, cli: Cli, tmp_path: Path, inbound: str, outbound: str
+) -> None:
+    path = onboard(cli, tenant, tmp_path, next_mailbox(), inbound, outbound)
+    secret_file = tmp_path / "secret.txt"
+    secret_file.write_text("wrong~secret-value-123\n")
+    r, doc = probe(cli, tenant, path, "--secret-file", str(secret_file),
+                   env={"ESJ_PROVISION_ESJ_PASSWORD": "wrong-password-456"})
+    assert r.exit_code == 1
+    assert "wrong~secret-value-123" not in r.stdout + r.stderr and "wrong-password-456" not in r.stdout + r.stderr
+    for c in doc["checks"]:
+        assert c["check"] == "sign-in" and c["status"] == "failed"
+        if c["protocol"] == "graph":  # the ESJ app's client credentials
+            assert "AADSTS7000215" in c["answer"] and "client secret" in c["reason"]
+        else:  # the service account's password
+            assert "AADSTS50126" in c["answer"] and f"wrong password, or no such user: {ACCOUNT}" in c["reason"]
+
+
+def test_password_file_is_used_and_env_is_not_needed(tenant: Sandbox, cli: Cli, tmp_path: Path) -> None:
+    path = onboard(cli, tenant, tmp_path, next_mailbox(), "imap", "smtp")
+    pw = tmp_path / "pw"
+    pw.write_text(tenant.esj_password + "\n")
+    r, doc = probe(cli, tenant, path, "--password-file", str(pw), env={"ESJ_PROVISION_ESJ_PASSWORD": None})
+    assert r.exit_code == 0, doc
+    r, doc = probe(cli, tenant, path, env={"ESJ_PROVISION_ESJ_PASSWORD": None})
+    assert r.exit_code == 1
+    assert "ESJ_PROVISION_ESJ_PASSWORD or --password-file" in doc["checks"][0]["fix"]
+
+
+# -- --send-test-to ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("outbound", ["smtp", "graph"])
+def test_send_test_to_sends_one_message_from_the_shared_mailbox(
+    tenant: Sandbox, cli: Cli, tmp_path: Path, outbound: str
+) -> None:
+    mailbox = next_mailbox()
+    path = onboard(cli, tenant, tmp_path, mailbox, "graph", outbound)
+    r, doc = probe(cli, tenant, path, "--send-test-to", "adele@contoso.com")
+    assert r.exit_code == 0, doc
+    (send,) = by(doc, "outbound", "send")
+    assert send["status"] == "ok"
+    sent = [m for m in tenant.sent() if m["from"].lower() == mailbox]
+    assert len(sent) == 1 and sent[0]["to"] == ["adele@contoso.com"] and sent[0]["protocol"] == outbound
+
+
+def test_send_test_without_send_as_fails_and_names_it(tenant: Sandbox, cli: Cli, tmp_path: Path) -> None:
+    mailbox = next_mailbox()
+    path = onboard(cli, tenant, tmp_path, mailbox, "graph", "smtp", "--no-send-as")
+    r, doc = probe(cli, tenant, path, "--send-test-to", "adele@contoso.com")
+    assert r.exit_code == 1
+    (send,) = by(doc, "outbound", "send")
+    assert send["status"] == "failed" and f"no Send As for {ACCOUNT} on {mailbox}" in send["reason"]
+    assert "5.2.252" in send["answer"]
