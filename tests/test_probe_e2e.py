@@ -396,3 +396,92 @@ def test_send_test_without_send_as_fails_and_names_it(tenant: Sandbox, cli: Cli,
     (send,) = by(doc, "outbound", "send")
     assert send["status"] == "failed" and f"no Send As for {ACCOUNT} on {mailbox}" in send["reason"]
     assert "5.2.252" in send["answer"]
+
+
+# -- onboard --probe and bulk --probe ----------------------------------------------------------------
+
+
+def test_onboard_probe_reports_pending_then_wait_turns_it_ok(
+    slow_tenant: Sandbox, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mailbox = next_mailbox()
+    r = cli(slow_tenant, "onboard", mailbox, "--trustee", ACCOUNT, "--inbound", "imap", "--outbound", "ews",
+            "--format", "json", "--probe")
+    assert r.exit_code == 5, r.stdout + r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["probe"]["exit_status"] == 5
+    assert {c["status"] for c in doc["probe"]["checks"]} == {"pending"}
+    mailbox = next_mailbox()
+    fake = FakeTime(slow_tenant)
+    monkeypatch.setattr(probe_run, "CLOCK", fake.clock)
+    monkeypatch.setattr(probe_run, "SLEEP", fake.sleep)
+    r = cli(slow_tenant, "onboard", mailbox, "--trustee", ACCOUNT, "--inbound", "imap", "--outbound", "smtp",
+            "--probe", "--wait", "1h")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert "result: ok" in r.stdout and "waiting" in r.stderr
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--wait", "1h"], "--wait goes with --probe"),
+    (["--probe", "--dry-run"], "not with --dry-run"),
+    (["--probe", "--wait", "later"], "is not a duration"),
+])
+def test_onboard_probe_bad_inputs_change_nothing(tenant: Sandbox, cli: Cli, args: list[str], words: str) -> None:
+    mailbox = next_mailbox()
+    mark = len(tenant.calls())
+    r = cli(tenant, "onboard", mailbox, "--trustee", ACCOUNT, "--inbound", "imap", "--outbound", "smtp", *args)
+    assert r.exit_code == 2 and words in r.stderr
+    assert tenant.calls()[mark:] == []
+
+
+def _manifest(tmp: Path, rows: list[tuple[str, str, str]]) -> Path:
+    path = tmp / "manifest.csv"
+    path.write_text("mailbox,trustee,inbound,outbound\n" + "".join(f"{m},{ACCOUNT},{i},{o}\n" for m, i, o in rows))
+    return path
+
+
+def test_bulk_probe_writes_each_rows_outcome_with_at_most_4_probes_at_once(
+    tenant: Sandbox, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import esj_provision.cli.bulk as cli_bulk
+
+    rows = [(next_mailbox(), i, o) for i, o in PAIRS]
+    in_flight, peak = [0], [0]
+    original = cli_bulk._row_prober
+
+    async def counting(*a: Any, **kw: Any) -> Any:
+        inner = await original(*a, **kw)
+
+        async def probe(targets: Any) -> Any:
+            in_flight[0] += 1
+            peak[0] = max(peak[0], in_flight[0])
+            try:
+                return await inner(targets)
+            finally:
+                in_flight[0] -= 1
+
+        return probe
+
+    monkeypatch.setattr(cli_bulk, "_row_prober", counting)
+    out = tmp_path / "out"
+    r = cli(tenant, "bulk", str(_manifest(tmp_path, rows)), "--out-dir", str(out), "--probe", "--concurrency", "9")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    results = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert len(results) == 9
+    for row in results:
+        assert row["status"] == "ok" and row["probe"]["exit_status"] == 0
+        assert {c["status"] for c in row["probe"]["checks"]} <= {"ok", "skipped"}
+        assert {c["mailbox"] for c in row["probe"]["checks"]} == {row["mailbox"]}
+    assert 1 < peak[0] <= 4
+    assert "9 ok" in r.stdout
+
+
+def test_bulk_probe_exit_5_when_only_propagation_is_missing(slow_tenant: Sandbox, cli: Cli, tmp_path: Path) -> None:
+    rows = [(next_mailbox(), "imap", "smtp"), (next_mailbox(), "graph", "graph")]
+    out = tmp_path / "out"
+    r = cli(slow_tenant, "bulk", str(_manifest(tmp_path, rows)), "--out-dir", str(out), "--probe")
+    assert r.exit_code == 5, r.stdout + r.stderr
+    results = {json.loads(x)["mailbox"]: json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()}
+    assert results[rows[0][0]]["probe"]["exit_status"] == 5
+    assert results[rows[1][0]]["probe"]["exit_status"] == 0
+    slow_tenant.mutate("propagate")

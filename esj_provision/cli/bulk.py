@@ -62,12 +62,21 @@ def bulk(
         metavar="GUID",
         help="The ESJ app's client id, for the options (env ESJ_PROVISION_ESJ_CLIENT_ID).",
     ),
+    probe_after: bool = typer.Option(
+        False, "--probe",
+        help="Probe each onboarded row as ESJ would (4 at once; secrets from ESJ_PROVISION_ESJ_CLIENT_SECRET / "
+        "ESJ_PROVISION_ESJ_PASSWORD); the outcome goes into results.jsonl.",
+    ),
+    wait: str | None = typer.Option(
+        None, "--wait", metavar="DURATION", help="With --probe: retry pending checks up to DURATION (90s, 30m, 2h)."
+    ),
     *,
     settings: Settings,
 ) -> None:
     """Onboard every mailbox of a manifest: validated first, then concurrent, resumable, journalled.
 
-    Exit status 0 when every row succeeded, 4 when some failed (listed), 1 when the run could not start.
+    Exit status 0 when every row succeeded, 4 when some failed (listed; with --probe, also a failed probe), 5 with
+    --probe when only grants Exchange has not applied yet remain, 1 when the run could not start.
     """
     from ..fleet import manifest as manifest_mod
 
@@ -90,8 +99,9 @@ def bulk(
     blocking = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:  # the directory could never be created: say so before any call
         raise UsageError(f"--out-dir {out_dir} cannot be created: {blocking} is not a directory")
+    probe_in = _probe_inputs(probe_after, wait, dry_run)
     summary = run_async(
-        _bulk(settings, info, dry_run, journal, out_dir, concurrency, profile_obj, esj_client_id, fmt_key)
+        _bulk(settings, info, dry_run, journal, out_dir, concurrency, profile_obj, esj_client_id, fmt_key, probe_in)
     )
     if ews_note:
         summary.warnings.insert(0, ews_note)
@@ -101,8 +111,23 @@ def bulk(
         from .render import print_bulk_summary
 
         print_bulk_summary(summary, dry_run=dry_run)
-    if not summary.all_ok:
+    if not summary.all_ok or summary.probed.get("failed"):
         raise typer.Exit(int(ExitStatus.PARTIAL))
+    if summary.probed.get("pending"):
+        raise typer.Exit(int(ExitStatus.PENDING))
+
+
+def _probe_inputs(probe_after: bool, wait: str | None, dry_run: bool) -> tuple[Any, ...] | None:
+    """--probe's secrets and wait, validated before any row is granted."""
+    if wait is not None and not probe_after:
+        raise UsageError("--wait goes with --probe")
+    if not probe_after:
+        return None
+    if dry_run:
+        raise UsageError("--probe opens the mailboxes with what was granted: not with --dry-run")
+    from .probe import probe_inputs
+
+    return probe_inputs(None, None, wait, None)
 
 
 def ews_rows_warning(path: Path) -> str | None:
@@ -136,7 +161,10 @@ async def _bulk(
     profile: Any,
     esj_client_id: str | None,
     fmt_key: str,
+    probe_in: tuple[Any, ...] | None = None,
 ) -> Any:
+    import contextlib
+
     from ..fleet.bulk import run_bulk
     from ..microsoft.session import Session
     from ..provision.journal import Journal, default_journal_path
@@ -150,7 +178,11 @@ async def _bulk(
             sys.stdout.flush()
         progress.advance()
 
-    async with Session(settings, max_connections=max(20, concurrency * 2)) as session:
+    async with Session(settings, max_connections=max(20, concurrency * 2)) as session, \
+            contextlib.AsyncExitStack() as stack:
+        probe = None
+        if probe_in is not None:
+            probe = await _row_prober(settings, session, esj_client_id, probe_in, stack)
         # Opened lazily by its first write: a dry run never creates the file.
         journal = Journal(journal_path or default_journal_path(), secrets=settings.secrets)
         try:
@@ -169,6 +201,7 @@ async def _bulk(
                         profile=profile,
                         esj_client_id=esj_client_id,
                         on_row=on_row,
+                        probe=probe,
                     )
             except BaseException:
                 if not dry_run:
@@ -185,3 +218,24 @@ async def _bulk(
             return summary
         finally:
             journal.close()
+
+
+async def _row_prober(settings: Any, session: Any, esj_client_id: str | None, probe_in: tuple[Any, ...],
+                      stack: Any) -> Any:
+    """One prober for every row: one HTTP client, and the run's session to read the grants."""
+    from ..probe.checks import Prober, probe_until
+    from ..probe.run import CLOCK, SLEEP, http_client, setup_from
+    from ..provision.grants import ExchangeGrantReader
+    from .probe import print_wait
+
+    secret, password, wait_s, _ = probe_in
+    setup = setup_from(settings, esj_client_id=esj_client_id, secret=secret, password=password, send_test_to=None)
+    client = await stack.enter_async_context(http_client(setup))
+    prober = Prober(setup, client, ExchangeGrantReader(session))
+
+    async def probe(targets: Any) -> Any:
+        if wait_s <= 0:
+            return await prober.probe_all(targets)
+        return await probe_until(prober, targets, wait_s, clock=CLOCK, sleep=SLEEP, on_wait=print_wait)
+
+    return probe

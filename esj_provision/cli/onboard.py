@@ -154,6 +154,14 @@ def onboard(
         help="The ESJ app's client id, for the options (env ESJ_PROVISION_ESJ_CLIENT_ID).",
     ),
     journal: Path | None = JournalOpt,
+    probe_after: bool = typer.Option(
+        False, "--probe",
+        help="Then probe the options as ESJ would (secrets from ESJ_PROVISION_ESJ_CLIENT_SECRET / "
+        "ESJ_PROVISION_ESJ_PASSWORD); exit 5 when only Exchange's propagation is missing.",
+    ),
+    wait: str | None = typer.Option(
+        None, "--wait", metavar="DURATION", help="With --probe: retry pending checks up to DURATION (90s, 30m, 2h)."
+    ),
     *,
     settings: Settings,
 ) -> None:
@@ -192,20 +200,56 @@ def onboard(
     ews_warning(request.inbound, request.outbound)  # from 1 April 2027: refused before any call (exit 2)
     if out is not None and not out.parent.is_dir():
         raise UsageError(f"cannot write {out}: directory {out.parent} does not exist")
+    probe_in = _probe_inputs(probe_after, wait, dry_run)
     plan, scope = run_async(
         _run(settings, request, mode="onboard", dry_run=dry_run, journal_path=journal, scope_app=scope_app)
     )
     options = None if plan.refused else _options(plan, settings, profile, esj_client_id)
-    _render(plan, options, fmt_key, out, as_powershell, scope)
+    checks = None
+    if probe_in is not None and options is not None and not plan.failed:
+        checks = run_async(_probe_options(settings, options, esj_client_id, probe_in))
+    _render(plan, options, fmt_key, out, as_powershell, scope, checks)
     _finish(plan, scope)
+    if checks is not None:
+        from ..probe.checks import exit_status
+
+        if exit_status(checks):
+            raise typer.Exit(exit_status(checks))
+
+
+def _probe_inputs(probe_after: bool, wait: str | None, dry_run: bool) -> tuple[Any, ...] | None:
+    """--probe's secrets and wait, validated before anything is granted."""
+    if wait is not None and not probe_after:
+        raise UsageError("--wait goes with --probe")
+    if not probe_after:
+        return None
+    if dry_run:
+        raise UsageError("--probe opens the mailbox with what was granted: not with --dry-run")
+    from .probe import probe_inputs
+
+    return probe_inputs(None, None, wait, None)
+
+
+async def _probe_options(settings: Any, options: Any, esj_client_id: str | None, probe_in: tuple[Any, ...]) -> Any:
+    from ..probe.run import setup_from
+    from ..probe.targets import targets_from_sections
+    from .probe import probe_with_grants
+
+    secret, password, wait_s, _ = probe_in
+    targets = targets_from_sections(
+        options.as_dict(), "the options", {s: options.mailbox for s in options.sections}
+    )
+    setup = setup_from(settings, esj_client_id=esj_client_id, secret=secret, password=password, send_test_to=None)
+    return await probe_with_grants(settings, targets, setup, wait_s)
 
 
 def _render(
-    plan: Any, options: Any, fmt_key: str, out: Path | None, as_powershell: bool, scope: Any = None
+    plan: Any, options: Any, fmt_key: str, out: Path | None, as_powershell: bool, scope: Any = None,
+    checks: Any = None,
 ) -> None:
     from ..esj.cfg import option_set_to_dict, render_cfg
     from ..files import write_output
-    from .render import next_steps, print_plan, print_scope, print_table
+    from .render import next_steps, print_plan, print_probe, print_scope, print_table
 
     if as_powershell:
         from ..provision.powershell import steps_to_powershell, to_powershell
@@ -225,6 +269,10 @@ def _render(
         data["esj_options"] = option_set_to_dict(options) if options is not None else None
         if scope is not None:
             data["scope"] = scope.to_dict()
+        if checks is not None:
+            from ..probe.checks import exit_status
+
+            data["probe"] = {"exit_status": exit_status(checks), "checks": [c.to_dict() for c in checks]}
         sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
     elif fmt_key == "cfg":
         print_plan(plan, file=sys.stderr)
@@ -232,12 +280,16 @@ def _render(
             print_scope(scope, file=sys.stderr)
         if options is not None and out is None:
             sys.stdout.write(render_cfg([options]))
+        if checks is not None:
+            print_probe(checks, file=sys.stderr)
     else:
         print_plan(plan)
         if scope is not None:
             print_scope(scope)
         if options is not None:
             print_table([options])
+        if checks is not None:
+            print_probe(checks)
     if out is not None and options is not None:
         sys.stderr.write(f"wrote the ESJ options to {out}\n")
 

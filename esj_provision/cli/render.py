@@ -338,6 +338,9 @@ def print_bulk_summary(summary: BulkSummary, *, dry_run: bool) -> None:
     con.print(table)
     for line, mailbox, reason in summary.failures:
         con.print(f"  line {line}: {mailbox}: {reason}")
+    if summary.probed:
+        con.print("probe: " + ", ".join(f"{n} {k}" for k, n in sorted(summary.probed.items()))
+                  + " (per row in results.jsonl)")
     for warning in summary.warnings:
         con.print(f"[yellow]warning[/yellow]: {warning}")
     if summary.reconciled:

@@ -32,12 +32,18 @@ from .manifest import ManifestRow
 
 if TYPE_CHECKING:
     from ..clouds import Cloud
+    from ..config import MailEndpoints
     from ..esj.options import EsjOptionSet, EsjRequest, Profile
     from ..microsoft.graph import LookupResult
     from ..microsoft.session import Session
+    from ..probe.checks import Check
+    from ..probe.targets import Target
 
 CHUNK_ROWS = 100
 SHARD_SIZE = 25  # Genesys: no more than 25 mailboxes per E-mail Server instance
+# Graph admits 4 concurrent requests per app to mailboxes, whichever mailboxes (updates-2026-11.md §5):
+# probes run as the ESJ app, so at most this many rows are probed at once.
+PROBE_CONCURRENCY = 4
 T = TypeVar("T")
 
 
@@ -85,6 +91,7 @@ class RowResult:
     status: str  # ok, refused, failed, planned (dry run)
     plan: dict[str, Any]
     error: str | None = None
+    probe: dict[str, Any] | None = None  # --probe: {"exit_status", "checks"}
 
     @property
     def failed(self) -> bool:
@@ -99,6 +106,7 @@ class RowResult:
                 "status": self.status,
                 "error": self.error,
                 **{k: v for k, v in self.plan.items() if k in {"findings", "delegations"}},
+                **({"probe": self.probe} if self.probe is not None else {}),
             },
             ensure_ascii=False,
         )
@@ -119,6 +127,7 @@ class BulkSummary:
     warnings: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
     stats: dict[str, Any] = field(default_factory=dict)
+    probed: dict[str, int] = field(default_factory=dict)  # --probe: rows by probe outcome (ok/pending/failed)
 
     @property
     def all_ok(self) -> bool:
@@ -143,6 +152,9 @@ class BulkSummary:
                 self.already += 1
         if result.failed:
             self.failures.append((row.line, row.mailbox, result.error or result.status))
+        if result.probe is not None:
+            outcome = {0: "ok", 5: "pending"}.get(result.probe["exit_status"], "failed")
+            self.probed[outcome] = self.probed.get(outcome, 0) + 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -159,6 +171,7 @@ class BulkSummary:
             "warnings": self.warnings,
             "elapsed_s": round(self.elapsed_s, 3),
             "calls": self.stats,
+            **({"probe": dict(self.probed)} if self.probed else {}),
         }
 
 
@@ -174,8 +187,10 @@ class OptionFiles:
         esj_client_id: str | None,
         tenant_id: str | None,
         named: set[str] | frozenset[str] = frozenset(),
+        endpoints: MailEndpoints | None = None,
     ) -> None:
         self.out_dir = out_dir
+        self.endpoints = endpoints
         self.cloud = cloud
         self.profile = profile
         self.esj_client_id = esj_client_id
@@ -194,7 +209,7 @@ class OptionFiles:
         self.warnings: list[str] = []
 
     def request(self, row: ManifestRow, index: int) -> EsjRequest:
-        return esj_request_for(
+        req = esj_request_for(
             mailbox=row.mailbox,
             trustee=row.who,
             inbound=row.inbound,
@@ -205,6 +220,11 @@ class OptionFiles:
             esj_client_id=self.esj_client_id,
             section_index=index,
         )
+        if self.endpoints is not None:
+            # Options made against a test tenant (the sandbox) point at its mail endpoints.
+            req.imap_endpoint, req.smtp_endpoint, req.ews_endpoint = (
+                self.endpoints.imap, self.endpoints.smtp, self.endpoints.ews)
+        return req
 
     def check(self, samples: Iterable[ManifestRow]) -> None:
         """Build the options of one row of each kind (protocols, app or account trustee), as the
@@ -247,6 +267,12 @@ class OptionFiles:
     def flush_all(self) -> None:
         for name in list(self._pending):
             self._write(name)
+
+    def options_for(self, row: ManifestRow) -> EsjOptionSet:
+        """The row's options as the first section pair (what the probe reads)."""
+        from ..esj.options import build_options
+
+        return build_options(self.request(row, 0), self.profile)
 
     def _write(self, name: str) -> None:
         from ..esj.cfg import render_cfg
@@ -346,6 +372,18 @@ def _open_results(out_dir: Path) -> tuple[Path, TextIO]:
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}", hint="choose a writable --out-dir") from None
 
 
+async def probe_options(
+    probe: Callable[[list[Target]], Awaitable[list[Check]]], options: EsjOptionSet
+) -> dict[str, Any]:
+    """One row's probe outcome, as its results line holds it."""
+    from ..probe.checks import exit_status
+    from ..probe.targets import targets_from_sections
+
+    targets = targets_from_sections(options.as_dict(), options.mailbox, dict.fromkeys(options.sections, options.mailbox))
+    checks = await probe(targets)
+    return {"exit_status": exit_status(checks), "checks": [c.to_dict() for c in checks]}
+
+
 async def run_bulk(
     session: Session,
     path: Path,
@@ -358,9 +396,12 @@ async def run_bulk(
     profile: Profile | None = None,
     esj_client_id: str | None = None,
     on_row: Callable[[RowResult], None] | None = None,
+    probe: Callable[[list[Target]], Awaitable[list[Check]]] | None = None,
 ) -> BulkSummary:
-    """Onboard every row of an already validated manifest. (Its length is the run's framing in
-    order: checks before the first write, the rows, then the files and the summary.)"""
+    """Onboard every row of an already validated manifest; with ``probe``, probe each row that
+    succeeded (at most PROBE_CONCURRENCY at once) and record the outcome in its results line. (Its
+    length is the run's framing in order: checks before the first write, the rows, then the files
+    and the summary.)"""
     started = time.monotonic()
     summary = BulkSummary()
     await warm_up(session)
@@ -375,7 +416,9 @@ async def run_bulk(
         esj_client_id=esj_client_id,
         tenant_id=await session.tenant_guid(),  # a domain-form tenant becomes the token's tid
         named=named,
+        endpoints=session.settings.mail,
     )
+    probe_gate = asyncio.Semaphore(PROBE_CONCURRENCY)
     files.check(samples)  # everything validated before the first write
     if in_flight and not dry_run:
         journal.write("resume", note=f"{len(in_flight)} write(s) from an earlier run had no recorded outcome")
@@ -388,6 +431,9 @@ async def run_bulk(
         )
         if plan is not None and not dry_run:
             reconciler.plan(plan)
+        if probe is not None and not dry_run and result.status == "ok":
+            async with probe_gate:
+                result.probe = await probe_options(probe, files.options_for(row))
         return result
 
     def done(row: ManifestRow, result: RowResult) -> None:
