@@ -485,3 +485,55 @@ def test_bulk_probe_exit_5_when_only_propagation_is_missing(slow_tenant: Sandbox
     assert results[rows[0][0]]["probe"]["exit_status"] == 5
     assert results[rows[1][0]]["probe"]["exit_status"] == 0
     slow_tenant.mutate("propagate")
+
+
+# -- ESJ signing in as its app (grant-type client_credentials) ----------------------------------------
+
+APP_PROFILE = """[inbound-grant-type]
+imap = client_credentials
+ews = client_credentials
+[outbound-grant-type]
+smtp = client_credentials
+ews = client_credentials
+"""
+
+
+@pytest.mark.parametrize(("inbound", "outbound"), [("imap", "smtp"), ("ews", "ews")])
+def test_app_only_needs_the_protocol_role_and_full_access_for_its_service_principal(
+    make_sandbox: Any, cli: Cli, tmp_path: Path, inbound: str, outbound: str
+) -> None:
+    sb, _ = make_sandbox()
+    open_ews(sb)
+    profile = tmp_path / "app.ini"
+    profile.write_text(APP_PROFILE)
+    mailbox = "support@contoso.com"
+    out = tmp_path / "app.cfg"
+    onboard_args = ("onboard", mailbox, "--trustee-app", sb.esj_app_id, "--inbound", inbound, "--outbound",
+                    outbound, "--profile", str(profile), "--out", str(out))
+    r = cli(sb, *onboard_args)
+    assert r.exit_code == 0, r.stdout + r.stderr
+    # The sample ESJ app holds no Exchange application permission yet.
+    r, doc = probe(cli, sb, out)
+    assert r.exit_code == 1
+    if inbound == "imap":
+        (inb,) = by(doc, "inbound")
+        assert "no IMAP.AccessAsApp" in inb["reason"] and inb["principal"] == f"the ESJ app {sb.esj_app_id}"
+        (auth,) = by(doc, "outbound", "authenticate")
+        assert auth["status"] == "failed" and "has no SMTP.SendAsApp" in auth["reason"]
+    else:
+        assert "neither the application permission full_access_as_app" in by(doc, "inbound")[0]["reason"]
+        assert all(c["status"] == "failed" for c in doc["checks"] if c["check"] != "send")
+    roles = ["IMAP.AccessAsApp", "SMTP.SendAsApp"] if inbound == "imap" else ["full_access_as_app"]
+    sb.mutate("set-app-roles", app=sb.esj_app_id, resource="exchange", roles=roles)
+    r, doc = probe(cli, sb, out, env={"ESJ_PROVISION_ESJ_PASSWORD": None})  # no account password needed
+    assert r.exit_code == 0, doc
+    assert by(doc, "inbound")[0]["status"] == "ok"
+    # Full Access of the app's service principal is what IMAP/SMTP as the app need: remove it, and say so.
+    if inbound == "imap":
+        r = cli(sb, "offboard", mailbox, "--trustee-app", sb.esj_app_id)
+        assert r.exit_code == 0, r.stdout + r.stderr
+        r, doc = probe(cli, sb, out)
+        assert r.exit_code == 1
+        (inb,) = by(doc, "inbound")
+        assert f"no Full Access for the ESJ app {sb.esj_app_id} on {mailbox}" in inb["reason"]
+        assert f"--trustee-app {sb.esj_app_id}" in inb["fix"]

@@ -202,7 +202,7 @@ class Prober:
         if res.stage in ("connect", "tls"):
             return [mk("authenticate", FAILED, res.answer, _connect_fix(t), answer=res.answer)]
         if res.stage == "auth":
-            return [await self._smtp_auth_failure(t, client_id, user, res, _scopes(token.claims()))]
+            return [await self._smtp_auth_failure(t, client_id, user, res, token.claims())]
         if res.stage in ("mail", "rcpt"):
             return [mk("authenticate", FAILED, f"SMTP refused the envelope ({res.answer})",
                        "check the shared mailbox address and the recipient", answer=res.answer)]
@@ -219,7 +219,7 @@ class Prober:
                          "see Microsoft's reply", answer=res.answer)]
 
     async def _smtp_auth_failure(
-        self, t: Target, client_id: str, user: str, res: wire.WireResult, scopes: set[str]
+        self, t: Target, client_id: str, user: str, res: wire.WireResult, claims: dict[str, Any]
     ) -> Check:
         mk = _maker(t)
         text = res.answer
@@ -236,15 +236,27 @@ class Prober:
             return mk("authenticate", FAILED, f"the sign-in was blocked by Conditional Access or security defaults "
                       f"({text})", f"exclude {t.principal} from the blocking policy", answer=text)
         if not t.app_only:
-            if "SMTP.Send" not in scopes:
+            if "SMTP.Send" not in _scopes(claims):
                 return mk("authenticate", FAILED, f"SMTP refused the token of {t.account} ({text}): it has no SMTP.Send "
                           "delegated permission", "consent to SMTP.Send for the ESJ app and check the options' scope",
                           answer=text)
             return mk("authenticate", FAILED, f"SMTP refused the token of {t.account} ({text})",
                       f"check that {t.account} may use SMTP.Send and that smtp-client/user is the account itself",
                       answer=text)
-        return await self._access_verdict(t, client_id, "authenticate", f"SMTP refused the ESJ app as {t.mailbox} "
-                                          f"({text})", text, smtp=True)
+        refused = f"SMTP refused the ESJ app as {t.mailbox} ({text})"
+        if "SMTP.SendAsApp" not in _roles(claims):
+            # Then only RBAC for Applications can authorise it (SMTP-RBAC): in scope means not applied yet.
+            grants = await self.grants.app_grants(client_id, t.mailbox) if self.grants else None
+            if grants and any(g.in_scope and "SMTP.SendAsApp" in g.permissions for g in grants):
+                return mk("authenticate", PENDING, f"{refused}: RBAC for Applications grants SMTP.SendAsApp on it, "
+                          "Exchange has not applied it yet", WAIT_FIX, answer=text)
+            return mk("authenticate", FAILED, f"{refused}: the ESJ app has no SMTP.SendAsApp, neither as an "
+                      "application permission nor through RBAC for Applications covering the mailbox",
+                      f"grant the ESJ app {client_id} SMTP.SendAsApp (Office 365 Exchange Online, admin consent) and "
+                      f"Full Access for its service principal (esj-provision onboard {t.mailbox} --trustee-app "
+                      f"{client_id} ...), or the RBAC role Application SMTP.SendAsApp scoped to the mailbox",
+                      answer=text)
+        return await self._access_verdict(t, client_id, "authenticate", refused, text)
 
     async def _send_as_unproven(self, t: Target) -> Check:
         mk = _maker(t)
@@ -322,10 +334,32 @@ class Prober:
         if "ErrorNonExistentMailbox" in code:
             return mk("open mailbox", FAILED, f"{t.mailbox} has no mailbox ({res.answer})",
                       "check the mailbox address in the options", answer=res.answer)
+        if t.app_only and ("ErrorImpersonateUserDenied" in code or "ErrorAccessDenied" in code):
+            return await self._ews_app_verdict(t, client_id, res)
         if "ErrorImpersonateUserDenied" in code or "ErrorAccessDenied" in code:
             return await self._access_verdict(t, client_id, "open mailbox", f"EWS refused to open {t.mailbox} "
                                               f"({res.answer})", res.answer)
         return mk("open mailbox", FAILED, f"EWS answered {res.answer}", "see Microsoft's answer", answer=res.answer)
+
+    async def _ews_app_verdict(self, t: Target, client_id: str, res: wire.WireResult) -> Check:
+        """App-only EWS is authorised by the application permission full_access_as_app, or by RBAC
+        for Applications (Application EWS.AccessAsApp) in scope (§4): not by Full Access."""
+        mk = _maker(t)
+        refused = f"EWS refused the ESJ app access to {t.mailbox} ({res.answer})"
+        grants = await self.grants.app_grants(client_id, t.mailbox) if self.grants else None
+        scoped = [g for g in grants or [] if "EWS.AccessAsApp" in g.permissions]
+        if any(g.in_scope for g in scoped):
+            return mk("open mailbox", PENDING, f"{refused}: RBAC for Applications grants EWS.AccessAsApp on it, "
+                      "Exchange has not applied it yet", WAIT_FIX, answer=res.answer)
+        if scoped:
+            return mk("open mailbox", FAILED, f"{refused}: the mailbox is outside the RBAC scope of the ESJ app's "
+                      "EWS.AccessAsApp", f"add {t.mailbox} to the management scope of that role assignment",
+                      answer=res.answer)
+        return mk("open mailbox", FAILED, f"{refused}: the ESJ app {client_id} has neither the application permission "
+                  "full_access_as_app nor an RBAC Application EWS.AccessAsApp role covering the mailbox",
+                  "grant the ESJ app full_access_as_app (Office 365 Exchange Online, admin consent), or "
+                  f"New-ManagementRoleAssignment -App <its service principal> -Role 'Application EWS.AccessAsApp' "
+                  f"-CustomResourceScope <a scope holding {t.mailbox}>. " + EWS_END, answer=res.answer)
 
     # -- Graph ------------------------------------------------------------------------------------
 
@@ -425,9 +459,7 @@ class Prober:
 
     # -- the grant behind a refusal ---------------------------------------------------------------
 
-    async def _access_verdict(
-        self, t: Target, client_id: str, check: str, refused: str, answer: str, smtp: bool = False
-    ) -> Check:
+    async def _access_verdict(self, t: Target, client_id: str, check: str, refused: str, answer: str) -> Check:
         """A refusal for lack of access: pending when Exchange already holds the grant, failed when not."""
         mk = _maker(t)
         who = t.account if not t.app_only else f"the ESJ app {client_id}"
@@ -441,12 +473,6 @@ class Prober:
         held = await self.grants.full_access(
             t.mailbox, account=None if t.app_only else t.account, app_id=client_id if t.app_only else None
         )
-        if not held and t.app_only and (smtp or t.protocol == "ews"):
-            # App-only SMTP and EWS may also be authorised by an RBAC for Applications role (§2.2, §4).
-            role = "SMTP.SendAsApp" if smtp else "EWS.AccessAsApp"
-            grants = await self.grants.app_grants(client_id, t.mailbox) or []
-            if any(g.in_scope and (role in g.permissions or role in g.role) for g in grants):
-                held = True
         if held:
             return mk(check, PENDING, f"{refused}: Full Access for {who} is granted, Exchange has not applied it "
                       "yet", WAIT_FIX, answer=answer)
