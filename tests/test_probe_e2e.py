@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ PAIRS = [(i, o) for i in ("imap", "ews", "graph") for o in ("smtp", "ews", "grap
 ACCOUNT = "esj-svc@contoso.com"
 REQUIRED = {"section", "protocol", "direction", "status", "reason", "fix"}
 _numbers = itertools.count(1)
+JWT = re.compile(r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.")
 
 
 def next_mailbox() -> str:
@@ -92,6 +95,7 @@ def probe(cli: Cli, sb: Sandbox, path: Path, *extra: str, env: dict[str, str | N
         assert c["status"] in ("ok", "pending", "failed", "skipped")
     for secret in (sb.esj_password, sb.env["ESJ_PROVISION_ESJ_CLIENT_SECRET"]):
         assert secret not in r.stdout + r.stderr
+    assert not JWT.search(r.stdout + r.stderr)  # no access token either
     return r, doc
 
 
@@ -537,3 +541,18 @@ def test_app_only_needs_the_protocol_role_and_full_access_for_its_service_princi
         (inb,) = by(doc, "inbound")
         assert f"no Full Access for the ESJ app {sb.esj_app_id} on {mailbox}" in inb["reason"]
         assert f"--trustee-app {sb.esj_app_id}" in inb["fix"]
+
+
+def test_a_verbose_probe_logs_no_secret_password_or_token(
+    tenant: Sandbox, cli: Cli, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    for inbound, outbound in (("imap", "smtp"), ("ews", "graph"), ("graph", "ews")):
+        path = onboard(cli, tenant, tmp_path, next_mailbox(), inbound, outbound)
+        r, _ = probe(cli, tenant, path, "-v", "--send-test-to", "adele@contoso.com")
+        assert r.exit_code == 0, r.stdout + r.stderr
+    logged = "\n".join(rec.getMessage() for rec in caplog.records)
+    assert "esj_provision.microsoft.http" in {rec.name for rec in caplog.records}  # the log searched is real
+    for secret in (tenant.esj_password, tenant.env["ESJ_PROVISION_ESJ_CLIENT_SECRET"]):
+        assert secret not in logged
+    assert not JWT.search(logged) and "Bearer ey" not in logged

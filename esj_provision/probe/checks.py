@@ -32,6 +32,7 @@ WAIT_FIX = ("nothing to change: wait (Full Access and Send As take up to 60 minu
             "30 minutes to 2 hours), or run `esj-provision probe OPTIONS --wait 2h`")
 SEND_NOT_PROVEN = ("sending FROM {mailbox} (Send As) is not proven: no test message was sent; "
                    "Exchange checks Send As only when a message is submitted")
+GRAPH_SEND_NOT_PROVEN = "sending FROM {mailbox} is not proven: no test message was sent"
 
 
 @dataclass
@@ -207,7 +208,7 @@ class Prober:
             return [mk("authenticate", FAILED, f"SMTP refused the envelope ({res.answer})",
                        "check the shared mailbox address and the recipient", answer=res.answer)]
         auth = mk("authenticate", OK, f"{t.principal} passed SMTP AUTH XOAUTH2 as {user} over STARTTLS, and "
-                  f"MAIL FROM:<{t.mailbox}> was accepted", answer="235 2.7.0, " + ("250" if res.ok else ""))
+                  f"MAIL FROM:<{t.mailbox}> was accepted", answer=res.answer if msg is None else "")
         if msg is None:
             return [auth, await self._send_as_unproven(t)]
         if res.ok:
@@ -396,7 +397,7 @@ class Prober:
         if "Mail.Send" in roles:
             return [mk("send permission", OK, f"the ESJ app {client_id}'s token carries Mail.Send (unscoped: any "
                        "mailbox)", answer="roles: " + " ".join(sorted(roles))),
-                    mk("send", SKIPPED, SEND_NOT_PROVEN.format(mailbox=t.mailbox).replace(" (Send As)", ""),
+                    mk("send", SKIPPED, GRAPH_SEND_NOT_PROVEN.format(mailbox=t.mailbox),
                        "to prove it, run again with --send-test-to ADDRESS")]
         grants = await self.grants.app_grants(client_id, t.mailbox) if self.grants else None
         if grants is None:
@@ -408,7 +409,7 @@ class Prober:
             return [mk("send permission", OK, f"RBAC for Applications gives the ESJ app Mail.Send on {t.mailbox} "
                        "(Test-ServicePrincipalAuthorization; a new assignment may take 30 minutes to 2 hours to "
                        "reach Graph)", answer="InScope: True"),
-                    mk("send", SKIPPED, SEND_NOT_PROVEN.format(mailbox=t.mailbox).replace(" (Send As)", ""),
+                    mk("send", SKIPPED, GRAPH_SEND_NOT_PROVEN.format(mailbox=t.mailbox),
                        "to prove it, run again with --send-test-to ADDRESS")]
         if scoped:
             return [mk("send permission", FAILED, f"{t.mailbox} is outside the RBAC scope of the ESJ app's Mail.Send "
