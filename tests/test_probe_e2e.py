@@ -35,15 +35,17 @@ def next_mailbox() -> str:
 
 
 def open_ews(sb: Sandbox) -> None:
-    """The organisation allows EWS for the ESJ app (the 2026 default blocks it), effective at once."""
+    """The organisation allows EWS for the ESJ app (the 2026 default blocks it), and the service
+    account may use SMTP AUTH (the tenant's switch is off), effective at once."""
     sb.mutate("set-ews-enabled", enabled=True)
     sb.mutate("set-ews-allowed-apps", apps=[sb.esj_app_id])
+    sb.mutate("set-smtp-auth", mailbox=ACCOUNT, disabled=False)
     sb.mutate("propagate")
 
 
 @pytest.fixture(scope="module")
 def tenant() -> Iterator[Sandbox]:
-    with Sandbox(mailboxes=200) as sb:
+    with Sandbox(mailboxes=500) as sb:
         open_ews(sb)
         yield sb
 
@@ -51,7 +53,7 @@ def tenant() -> Iterator[Sandbox]:
 @pytest.fixture(scope="module")
 def slow_tenant() -> Iterator[Sandbox]:
     """Grants reach the mail protocols only an hour after they are made, as in Exchange."""
-    with Sandbox(mailboxes=50, propagation_s=3600) as sb:
+    with Sandbox(mailboxes=500, propagation_s=3600) as sb:
         open_ews(sb)
         yield sb
 
@@ -64,7 +66,7 @@ def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
     monkeypatch.chdir(tmp_path)  # no stray .env
 
     def run(sb: Sandbox, *args: str, env: dict[str, str | None] | None = None) -> Result:
-        full: dict[str, str | None] = {**sb.env, "ESJ_PROVISION_JOURNAL": str(tmp_path / "journal.jsonl"), **(env or {})}
+        full: dict[str, str | None] = {**sb.env, **sb.esj_env, "ESJ_PROVISION_JOURNAL": str(tmp_path / "journal.jsonl"), **(env or {})}
         return CliRunner().invoke(app, list(args), env=full, catch_exceptions=False)
 
     return run
@@ -93,7 +95,7 @@ def probe(cli: Cli, sb: Sandbox, path: Path, *extra: str, env: dict[str, str | N
     for c in doc.get("checks", []):
         assert set(c) >= REQUIRED, c
         assert c["status"] in ("ok", "pending", "failed", "skipped")
-    for secret in (sb.esj_password, sb.env["ESJ_PROVISION_ESJ_CLIENT_SECRET"]):
+    for secret in (sb.esj_password, sb.esj_env["ESJ_PROVISION_ESJ_CLIENT_SECRET"]):
         assert secret not in r.stdout + r.stderr
     assert not JWT.search(r.stdout + r.stderr)  # no access token either
     return r, doc
@@ -308,11 +310,11 @@ GRAPH_PAIRS = [p for p in PAIRS if "graph" in p]
 @pytest.fixture(scope="module")
 def scoped_tenant(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     """The ESJ app holds no unscoped Graph role: RBAC for Applications confines it to support@."""
-    with Sandbox(mailboxes=50) as sb:
+    with Sandbox(mailboxes=500) as sb:
         open_ews(sb)
         sb.mutate("set-app-roles", app=sb.esj_app_id, resource="graph", roles=[])
         tmp = tmp_path_factory.mktemp("scoped")
-        env = {**sb.env, "ESJ_PROVISION_JOURNAL": str(tmp / "j.jsonl")}
+        env = {**sb.env, **sb.esj_env, "ESJ_PROVISION_JOURNAL": str(tmp / "j.jsonl")}
         r = CliRunner().invoke(app, ["onboard", "support@contoso.com", "--trustee", ACCOUNT, "--inbound", "graph",
                                      "--outbound", "graph", "--scope-esj-app", sb.esj_app_id], env=env)
         assert r.exit_code == 0, r.stdout + r.stderr
@@ -553,6 +555,6 @@ def test_a_verbose_probe_logs_no_secret_password_or_token(
         assert r.exit_code == 0, r.stdout + r.stderr
     logged = "\n".join(rec.getMessage() for rec in caplog.records)
     assert "esj_provision.microsoft.http" in {rec.name for rec in caplog.records}  # the log searched is real
-    for secret in (tenant.esj_password, tenant.env["ESJ_PROVISION_ESJ_CLIENT_SECRET"]):
+    for secret in (tenant.esj_password, tenant.esj_env["ESJ_PROVISION_ESJ_CLIENT_SECRET"]):
         assert secret not in logged
     assert not JWT.search(logged) and "Bearer ey" not in logged
