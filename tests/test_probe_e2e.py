@@ -549,10 +549,16 @@ def test_a_verbose_probe_logs_no_secret_password_or_token(
     tenant: Sandbox, cli: Cli, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    for inbound, outbound in (("imap", "smtp"), ("ews", "graph"), ("graph", "ews")):
-        path = onboard(cli, tenant, tmp_path, next_mailbox(), inbound, outbound)
-        r, _ = probe(cli, tenant, path, "-v", "--send-test-to", "adele@contoso.com")
-        assert r.exit_code == 0, r.stdout + r.stderr
+    logger = logging.getLogger("esj_provision")
+    handlers, level = list(logger.handlers), logger.level  # -v adds a handler on the runner's stderr
+    try:
+        for inbound, outbound in (("imap", "smtp"), ("ews", "graph"), ("graph", "ews")):
+            path = onboard(cli, tenant, tmp_path, next_mailbox(), inbound, outbound)
+            r, _ = probe(cli, tenant, path, "-v", "--send-test-to", "adele@contoso.com")
+            assert r.exit_code == 0, r.stdout + r.stderr
+    finally:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
     logged = "\n".join(rec.getMessage() for rec in caplog.records)
     assert "esj_provision.microsoft.http" in {rec.name for rec in caplog.records}  # the log searched is real
     for secret in (tenant.esj_password, tenant.esj_env["ESJ_PROVISION_ESJ_CLIENT_SECRET"]):
