@@ -564,3 +564,34 @@ def test_a_verbose_probe_logs_no_secret_password_or_token(
     for secret in (tenant.esj_password, tenant.esj_env["ESJ_PROVISION_ESJ_CLIENT_SECRET"]):
         assert secret not in logged
     assert not JWT.search(logged) and "Bearer ey" not in logged
+
+
+# -- what else Entra ID and Graph answer ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("mutation", "code", "words"), [
+    ({"op": "set-public-client", "enabled": False}, "AADSTS7000218", "does not allow public client flows"),
+    ({"op": "set-account-enabled", "user": ACCOUNT, "enabled": False}, "AADSTS50057", f"the account {ACCOUNT} is disabled"),
+])
+def test_password_sign_in_refusals_name_the_app_or_the_account(
+    make_sandbox: Any, cli: Cli, tmp_path: Path, mutation: dict[str, Any], code: str, words: str
+) -> None:
+    sb, _ = make_sandbox()
+    path = onboard(cli, sb, tmp_path, "support@contoso.com", "imap", "graph")
+    op = dict(mutation)
+    if op["op"] == "set-public-client":
+        op["app"] = sb.esj_app_id
+    sb.mutate(op.pop("op"), **op)
+    r, doc = probe(cli, sb, path)
+    assert r.exit_code == 1
+    (inb,) = by(doc, "inbound")
+    assert inb["check"] == "sign-in" and code in inb["answer"] and words in inb["reason"]
+    assert by(doc, "outbound")[0]["status"] == "ok"  # GRAPH signs in as the app: unaffected
+
+
+def test_a_mailbox_graph_cannot_reach_is_named(tenant: Sandbox, cli: Cli, tmp_path: Path) -> None:
+    path = emit(cli, tenant, tmp_path, "legacy@contoso.com", "graph", "graph")
+    r, doc = probe(cli, tenant, path)
+    assert r.exit_code == 1
+    (inb,) = by(doc, "inbound")
+    assert "Graph cannot reach the mailbox legacy@contoso.com" in inb["reason"] and "404" in inb["answer"]
