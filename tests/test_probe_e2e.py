@@ -595,3 +595,24 @@ def test_a_mailbox_graph_cannot_reach_is_named(tenant: Sandbox, cli: Cli, tmp_pa
     assert r.exit_code == 1
     (inb,) = by(doc, "inbound")
     assert "Graph cannot reach the mailbox legacy@contoso.com" in inb["reason"] and "404" in inb["answer"]
+
+
+def test_app_registered_with_the_wrong_object_id_is_not_pending(make_sandbox: Any, cli: Cli, tmp_path: Path) -> None:
+    """Its Full Access shows in Exchange, yet IMAP refuses the app: waiting would never help."""
+    from mail_helpers import esj_ids, full_access, register_esj
+
+    sb, client = make_sandbox()
+    sb.mutate("set-app-roles", app=sb.esj_app_id, resource="exchange", roles=["IMAP.AccessAsApp"])
+    wrong = register_esj(client, object_id=esj_ids(sb)[1])  # the App registration's id: the classic trap
+    full_access(client, "support@contoso.com", wrong)
+    profile = tmp_path / "app.ini"
+    profile.write_text(APP_PROFILE)
+    out = tmp_path / "app.cfg"
+    r = cli(sb, "emit", "support@contoso.com", "--trustee", ACCOUNT, "--inbound", "imap", "--outbound", "graph",
+            "--profile", str(profile), "--out", str(out))
+    assert r.exit_code == 0, r.stderr
+    r, doc = probe(cli, sb, out)
+    assert r.exit_code == 1, doc
+    (inb,) = by(doc, "inbound")
+    assert inb["status"] == "failed" and "App registration's object id" in inb["reason"]
+    assert "New-ServicePrincipal" in inb["fix"]

@@ -72,6 +72,11 @@ class GrantReader(Protocol):
 
     async def app_grants(self, app_id: str, mailbox: str) -> list[AppGrant] | None: ...
 
+    async def app_registration_problem(self, app_id: str) -> tuple[str, str] | None:
+        """(what, fix) when the app's Exchange service principal carries the wrong object id: its
+        grants then show in Exchange but never work, so waiting would not help."""
+        ...
+
 
 @dataclass
 class ProbeSetup:
@@ -471,6 +476,10 @@ class Prober:
             return mk(check, FAILED, f"{refused}: {who} has no Full Access on {t.mailbox}, or it was granted and "
                       "Exchange has not applied it yet (configure the provisioning app to tell which)",
                       grant_fix, answer=answer)
+        if t.app_only:
+            problem = await self.grants.app_registration_problem(client_id)
+            if problem is not None:
+                return mk(check, FAILED, f"{refused}: {problem[0]}", problem[1], answer=answer)
         held = await self.grants.full_access(
             t.mailbox, account=None if t.app_only else t.account, app_id=client_id if t.app_only else None
         )

@@ -94,3 +94,13 @@ class ExchangeGrantReader:
             log.debug("cannot test the ESJ app's authorization on %s: %s", mailbox, exc.message)
             return None
         return parse_authorization(rows)
+
+    async def app_registration_problem(self, app_id: str) -> tuple[str, str] | None:
+        try:
+            app = await cached_app(self.session, app_id)
+        except EsjProvisionError as exc:
+            log.debug("cannot read the ESJ app's registration: %s", exc.message)
+            return None
+        if app.exo is not None and app.registration in ("app-registration-id", "other-id"):
+            return app.mismatch()
+        return None
