@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
     import httpx
 
+    from ..microsoft.credentials import Token
+
 OK, PENDING, FAILED, SKIPPED = "ok", "pending", "failed", "skipped"
 STATUSES = (OK, PENDING, FAILED, SKIPPED)
 
@@ -167,7 +169,7 @@ class Prober:
 
     # -- IMAP -------------------------------------------------------------------------------------
 
-    async def _imap(self, t: Target, token: Any, client_id: str) -> list[Check]:
+    async def _imap(self, t: Target, token: Token, client_id: str) -> list[Check]:
         mk = _maker(t)
         # user= is the shared mailbox in both modes (§1.3): app-only, and delegated to a shared mailbox.
         res = await asyncio.to_thread(
@@ -194,7 +196,7 @@ class Prober:
 
     # -- SMTP -------------------------------------------------------------------------------------
 
-    async def _smtp(self, t: Target, token: Any, client_id: str) -> list[Check]:
+    async def _smtp(self, t: Target, token: Token, client_id: str) -> list[Check]:
         mk = _maker(t)
         # Delegated: user= is the account itself, not the shared mailbox (§2.2: otherwise 535 5.7.3);
         # app-only: user= is the mailbox being sent from.
@@ -219,6 +221,7 @@ class Prober:
         if res.ok:
             return [auth, mk("send", OK, f"a test message FROM {t.mailbox} to {to} was accepted over SMTP: Send As "
                              "works", answer=res.answer)]
+        # Send As refused at submission: 554 5.2.252 SendAsDenied or 550 5.7.60, after DATA (§2.3, §2.5).
         if "5.2.252" in res.answer or "SendAsDenied" in res.answer or "5.7.60" in res.answer:
             return [auth, await self._send_as_verdict(t, client_id, res.answer)]
         return [auth, mk("send", FAILED, f"the test message was refused ({res.answer})",
@@ -229,6 +232,7 @@ class Prober:
     ) -> Check:
         mk = _maker(t)
         text = res.answer
+        # 535 5.7.139 names the switch: "... disabled for the Tenant." or "... for the Mailbox." (§2.3).
         if "5.7.139" in text:
             if "Tenant" in text:
                 return mk("authenticate", FAILED, f"SMTP AUTH is disabled for the organisation, and {user} does not "
@@ -301,7 +305,7 @@ class Prober:
 
     # -- EWS --------------------------------------------------------------------------------------
 
-    async def _ews(self, t: Target, token: Any, client_id: str) -> list[Check]:
+    async def _ews(self, t: Target, token: Token, client_id: str) -> list[Check]:
         mk = _maker(t)
         url = t.server or ""
         if not url.startswith("https://") and not url.startswith("http://"):
@@ -374,7 +378,7 @@ class Prober:
 
         return f"{self.setup.graph_endpoint.rstrip('/')}/v1.0/users/{quote(mailbox, safe='@')}/{tail}"
 
-    async def _graph(self, t: Target, token: Any, client_id: str) -> list[Check]:
+    async def _graph(self, t: Target, token: Token, client_id: str) -> list[Check]:
         mk = _maker(t)
         url = self._graph_url(t.mailbox, "mailFolders/inbox?$select=displayName,totalItemCount")
         res = await wire.graph_request(self.http, "GET", url, token.value)
@@ -384,7 +388,7 @@ class Prober:
         return [await self._graph_failure(t, client_id, res, {"Mail.Read", "Mail.ReadWrite", "Mail.ReadBasic"},
                                           token, "open mailbox")]
 
-    async def _graph_send(self, t: Target, token: Any, client_id: str) -> list[Check]:
+    async def _graph_send(self, t: Target, token: Token, client_id: str) -> list[Check]:
         mk = _maker(t)
         to = self.setup.send_test_to
         if to:
@@ -425,7 +429,7 @@ class Prober:
                    f"onboard {t.mailbox} ... --scope-esj-app {client_id}")]
 
     async def _graph_failure(
-        self, t: Target, client_id: str, res: wire.WireResult, wanted: set[str], token: Any, check: str
+        self, t: Target, client_id: str, res: wire.WireResult, wanted: set[str], token: Token, check: str
     ) -> Check:
         mk = _maker(t)
         code = res.fields.get("code", "")
