@@ -616,3 +616,28 @@ def test_app_registered_with_the_wrong_object_id_is_not_pending(make_sandbox: An
     (inb,) = by(doc, "inbound")
     assert inb["status"] == "failed" and "App registration's object id" in inb["reason"]
     assert "New-ServicePrincipal" in inb["fix"]
+
+
+def test_bulk_probe_wait_turns_pending_rows_ok(
+    slow_tenant: Sandbox, cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeTime(slow_tenant)
+    monkeypatch.setattr(probe_run, "CLOCK", fake.clock)
+    monkeypatch.setattr(probe_run, "SLEEP", fake.sleep)
+    rows = [(next_mailbox(), "imap", "smtp"), (next_mailbox(), "ews", "ews")]
+    out = tmp_path / "out"
+    r = cli(slow_tenant, "bulk", str(_manifest(tmp_path, rows)), "--out-dir", str(out), "--probe", "--wait", "30m")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    results = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
+    assert [row["probe"]["exit_status"] for row in results] == [0, 0]
+    assert "waiting" in r.stderr and fake.slept
+
+
+def test_onboard_probe_with_cfg_keeps_stdout_the_options_file(tenant: Sandbox, cli: Cli) -> None:
+    from esj_provision.esj.output import parse_cfg
+
+    r = cli(tenant, "onboard", next_mailbox(), "--trustee", ACCOUNT, "--inbound", "graph", "--outbound", "graph",
+            "--format", "cfg", "--probe")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert set(parse_cfg(r.stdout)) == {"pop-client", "smtp-client"}
+    assert "probe: ESJ's connections" in r.stderr and "result: ok" in r.stderr
