@@ -153,8 +153,8 @@ class BulkSummary:
         if result.failed:
             self.failures.append((row.line, row.mailbox, result.error or result.status))
         if result.probe is not None:
-            outcome = {0: "ok", 5: "pending"}.get(result.probe["exit_status"], "failed")
-            self.probed[outcome] = self.probed.get(outcome, 0) + 1
+            verdict = {0: "ok", 5: "pending"}.get(result.probe["exit_status"], "failed")
+            self.probed[verdict] = self.probed.get(verdict, 0) + 1
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -64,13 +64,13 @@ def setup_from(
 
 def http_client(setup: ProbeSetup) -> Any:
     """httpx through the shared transport (client-request-id, retries of 429/5xx and connection
-    failures), with no token of its own: the probe's requests carry ESJ's token."""
+    failures), with no auth flow: the probe's requests carry ESJ's token, not the provisioning app's."""
     import httpx
 
     from ..microsoft.http import MicrosoftTransport
 
     inner = httpx.AsyncHTTPTransport(verify=setup.ssl_context, retries=0)
-    transport = MicrosoftTransport(inner, resources=[], tokens=None)
+    transport = MicrosoftTransport(inner, services=())
     return httpx.AsyncClient(
         transport=transport, timeout=httpx.Timeout(setup.timeout, connect=15.0),
         headers={"User-Agent": "esj-provision-probe"}, follow_redirects=False,

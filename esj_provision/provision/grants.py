@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import EsjProvisionError
 from ..microsoft.exchange import holds
 from ..models import AppGrant
-from .esj_app import cached_app
+from .esj_app import Registration, cached_app
 
 if TYPE_CHECKING:
     from ..microsoft.session import Session
@@ -101,6 +101,6 @@ class ExchangeGrantReader:
         except EsjProvisionError as exc:
             log.debug("cannot read the ESJ app's registration: %s", exc.message)
             return None
-        if app.exo is not None and app.registration in ("app-registration-id", "other-id"):
+        if app.registration in (Registration.APP_REGISTRATION_ID, Registration.OTHER_ID):
             return app.mismatch()
         return None
