@@ -634,7 +634,7 @@ def test_bulk_probe_wait_turns_pending_rows_ok(
 
 
 def test_onboard_probe_with_cfg_keeps_stdout_the_options_file(tenant: Sandbox, cli: Cli) -> None:
-    from esj_provision.esj.output import parse_cfg
+    from esj_provision.esj.cfg import parse_cfg
 
     r = cli(tenant, "onboard", next_mailbox(), "--trustee", ACCOUNT, "--inbound", "graph", "--outbound", "graph",
             "--format", "cfg", "--probe")

@@ -6,28 +6,16 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ..errors import ConfigError, ExitStatus, UsageError
-from . import app
-from ._common import (
-    Auth,
-    AuthorityHost,
-    CaBundle,
-    Certificate,
-    ClientId,
-    Cloud,
-    ExchangeEndpoint,
-    GraphEndpoint,
-    SecretFile,
-    TenantId,
-    Verbose,
-    connection_settings,
-    run_async,
-    setup_logging,
-)
+from ._common import from_env, run_async
+from ._options import tenant_command
+
+if TYPE_CHECKING:
+    from ..config import Settings
 
 SECRET_ENV = "ESJ_PROVISION_ESJ_CLIENT_SECRET"
 PASSWORD_ENV = "ESJ_PROVISION_ESJ_PASSWORD"
@@ -84,7 +72,7 @@ def probe_inputs(
     return secret, password, wait_s, to
 
 
-@app.command()
+@tenant_command
 def probe(
     options_file: Path = typer.Argument(..., metavar="OPTIONS_FILE", help="The options (cfg or json) emit/onboard/bulk wrote."),
     fmt: str = typer.Option("table", "--format", "-f", metavar="table|json", help="table for people, json for scripts."),
@@ -97,20 +85,11 @@ def probe(
     secret_file: Path | None = EsjSecretFile,
     password_file: Path | None = PasswordFile,
     esj_client_id: str | None = typer.Option(
-        None, "--esj-client-id", envvar="ESJ_PROVISION_ESJ_CLIENT_ID", metavar="GUID",
-        help="The ESJ app's client id, where the options still hold the placeholder.",
+        None, "--esj-client-id", metavar="GUID",
+        help="The ESJ app's client id, where the options still hold the placeholder (env ESJ_PROVISION_ESJ_CLIENT_ID).",
     ),
-    cloud: Cloud = None,
-    tenant_id: TenantId = None,
-    client_id: ClientId = None,
-    auth: Auth = None,
-    client_secret_file: SecretFile = None,
-    certificate: Certificate = None,
-    authority_host: AuthorityHost = None,
-    graph_endpoint: GraphEndpoint = None,
-    exchange_endpoint: ExchangeEndpoint = None,
-    ca_bundle: CaBundle = None,
-    verbose: Verbose = False,
+    *,
+    settings: Settings,
 ) -> None:
     """Prove that E-mail Server can connect with these options: sign in as ESJ would, open each shared
     mailbox over ESJ's protocol (IMAP EXAMINE, EWS GetFolder, Graph inbox; SMTP AUTH without sending).
@@ -125,10 +104,9 @@ def probe(
     if fmt_key not in ("table", "json"):
         raise UsageError(f"unknown format {fmt!r}", hint="choose one of: table, json")
     secret, password, wait_s, to = probe_inputs(secret_file, password_file, wait, send_test_to)
+    esj_client_id = from_env(esj_client_id, "ESJ_PROVISION_ESJ_CLIENT_ID")
     esj_app = parse_guid(esj_client_id, "--esj-client-id") if esj_client_id else None
     targets = load_targets(options_file)
-    setup_logging(verbose)
-    settings = connection_settings(locals())
     checks = run_async(_probe(settings, targets, esj_app, secret, password, to, wait_s))
     _output(checks, fmt_key, options_file)
     from ..probe.checks import exit_status

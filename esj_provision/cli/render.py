@@ -438,10 +438,3 @@ def print_probe(checks: list[Any], *, file: TextIO | None = None) -> None:
         con.print(Text("result: waiting for Exchange to apply a grant (exit 5); --wait 2h retries", style="yellow"))
     else:
         con.print(Text("result: ok", style="green"))
-
-
-def _isatty(stream: Any) -> bool:
-    try:
-        return bool(stream.isatty())
-    except (AttributeError, ValueError):
-        return False

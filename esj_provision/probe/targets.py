@@ -72,7 +72,7 @@ def targets_from_text(text: str, source: str) -> list[Target]:
     if stripped.startswith("{") or (stripped.startswith("[") and not re.fullmatch(r"\[[^\]\[\"{]+\]", first)):
         sections, mailboxes = _from_json(stripped, source)
     else:
-        from ..esj.output import parse_cfg
+        from ..esj.cfg import parse_cfg
 
         sections, mailboxes = parse_cfg(text, source), {}
     return targets_from_sections(sections, source, mailboxes)
