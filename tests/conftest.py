@@ -54,8 +54,14 @@ class Cli:
     def __init__(self, tenant: Sandbox, journal: Path) -> None:
         self.tenant, self.journal, self.runner = tenant, journal, Runner()
 
-    def __call__(self, *args: str, sb: Sandbox | None = None, env: Mapping[str, str | None] | None = None) -> Result:
-        full_env = {**(sb or self.tenant).env, "ESJ_PROVISION_JOURNAL": str(self.journal), **(env or {})}
+    def __call__(
+        self, *args: str, sb: Sandbox | None = None, env: Mapping[str, str | None] | None = None, esj: bool = False
+    ) -> Result:
+        """``esj=True`` adds what ESJ itself signs in with (its app's id and secret, the service account's
+        password, the sandbox's mail endpoints): ``probe`` needs it, onboard's app-trustee tests must not see it."""
+        tenant = sb or self.tenant
+        full_env = {**tenant.env, **(tenant.esj_env if esj else {}), "ESJ_PROVISION_JOURNAL": str(self.journal),
+                    **(env or {})}
         return self.runner.invoke(app, list(args), env=full_env)
 
 

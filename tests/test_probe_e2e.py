@@ -62,12 +62,11 @@ Cli = Callable[..., Result]
 
 
 @pytest.fixture
-def cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cli:
-    monkeypatch.chdir(tmp_path)  # no stray .env
+def cli(cli: Any) -> Cli:
+    """The shared ``cli`` fixture (conftest), told which sandbox and given ESJ's own credentials."""
 
     def run(sb: Sandbox, *args: str, env: dict[str, str | None] | None = None) -> Result:
-        full: dict[str, str | None] = {**sb.env, **sb.esj_env, "ESJ_PROVISION_JOURNAL": str(tmp_path / "journal.jsonl"), **(env or {})}
-        return CliRunner().invoke(app, list(args), env=full, catch_exceptions=False)
+        return cli(*args, sb=sb, env=env, esj=True)
 
     return run
 
