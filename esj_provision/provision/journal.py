@@ -185,3 +185,136 @@ def open_intents(path: Path, skipped: list[int] | None = None) -> dict[str, dict
         elif record.get("event") in {"result", "reconciled"}:
             pending.pop(key, None)
     return pending
+
+
+# -- the lock on a journal ------------------------------------------------------------------------
+#
+# Two bulk runs on one journal (two admins, a scheduler overlapping itself) would each re-plan and
+# write every row, and each would take the other's in-flight writes for a crashed run's. So a run
+# takes a lock on its journal, as Terraform's local backend does on its state: an OS lock (fcntl
+# record lock; the kernel drops it when the process dies, even by kill -9) on ``<journal>.lock``,
+# whose content says who holds it. The file stays (empty) after release: deleting it would let a
+# third run lock a new file while a second one still waits on the old inode.
+
+
+class JournalLockedError(JournalError):
+    """Another live run holds the journal's lock."""
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    host: str
+    pid: int
+    started: str
+    command: str
+
+    def describe(self) -> str:
+        return f"pid {self.pid} on {self.host}, started {self.started}, running `{self.command}`"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: alive
+        return True
+    except OSError:
+        return True  # cannot tell: assume alive rather than take a lock that may be held
+    return True
+
+
+def _os_lock(fd: int) -> bool | None:
+    """Try to take the OS lock without waiting: True taken, False held by another process, None
+    when the platform or filesystem has no such lock (then the lock file's content decides)."""
+    if sys.platform == "win32":  # pragma: no cover - Windows: a byte-range lock on byte 0
+        import msvcrt
+
+        try:
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+            return True
+        except OSError:
+            return False
+    import fcntl
+
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except (BlockingIOError, PermissionError):
+        return False
+    except OSError:  # ENOLCK, EOPNOTSUPP: a filesystem without record locks
+        return None
+
+
+class JournalLock:
+    """The lock on one journal, held for a whole run. ``acquire`` raises JournalLockedError when a
+    live run holds it and returns a notice when it took over a lock that a dead run left."""
+
+    def __init__(self, journal_path: Path, command: str) -> None:
+        self.path = journal_path.with_name(journal_path.name + ".lock")
+        self.command = command
+        self._fd: int | None = None
+
+    def _read(self, fd: int) -> LockInfo | None:
+        os.lseek(fd, 0, os.SEEK_SET)
+        raw = os.read(fd, 4096)
+        try:
+            data = json.loads(raw.decode("utf-8")) if raw.strip() else None
+            if not isinstance(data, dict):
+                return None
+            return LockInfo(str(data["host"]), int(data["pid"]), str(data["started"]), str(data["command"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def acquire(self) -> str | None:
+        import socket
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise JournalError(
+                f"cannot create the journal's lock file {self.path}: {exc.strerror}",
+                hint="give a writable path with --journal; nothing was changed",
+            ) from None
+        host = socket.gethostname()
+        taken = _os_lock(fd)
+        previous = self._read(fd)
+        if taken is None and previous is not None:
+            # No OS lock here: the recorded holder decides; only a dead pid on this host is stale.
+            taken = previous.host == host and not _pid_alive(previous.pid)
+        if taken is False:
+            os.close(fd)
+            who = previous.describe() if previous else "another process (it has not said who yet)"
+            raise JournalLockedError(
+                f"the change journal {self.path.with_suffix('')} is in use by {who}",
+                hint="wait for that run to finish, or give this run another --journal; nothing was changed",
+            )
+        notice = None
+        if previous is not None:
+            gone = "is no longer running" if previous.host == host else "no longer holds it"
+            notice = (
+                f"took over the journal's lock left by an earlier run ({previous.describe()}), which {gone}; "
+                "its unfinished writes are checked against the tenant"
+            )
+        info = {
+            "host": host,
+            "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": self.command,
+        }
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, (json.dumps(info) + "\n").encode("utf-8"))
+        os.fsync(fd)
+        self._fd = fd
+        return notice
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        fd, self._fd = self._fd, None
+        try:
+            os.ftruncate(fd, 0)  # empty: released cleanly (a non-empty free lock was left by a crash)
+        finally:
+            os.close(fd)  # closing the descriptor drops the OS lock
