@@ -128,6 +128,9 @@ class DirectoryUser:
     mail: str | None
     display_name: str | None
     account_enabled: bool | None
+    # Graph's onPremisesSyncEnabled: None when the account was never synced from an on-premises
+    # directory, so it cannot carry SID history (which Get-RecipientPermission -Trustee misses).
+    on_premises_sync_enabled: bool | None = None
 
     @property
     def address(self) -> str:

@@ -5,6 +5,7 @@ Bodies come from tests/msft_shapes.py; respx answers; a fake clock records every
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -39,7 +40,7 @@ from esj_provision.microsoft.http import AdaptivePacer, MicrosoftHttp, RetryPoli
 T = TypeVar("T")
 V1 = "https://graph.microsoft.com/v1.0"
 BATCH = f"{V1}/$batch"
-SELECT = ["id,userPrincipalName,mail,displayName,accountEnabled"]
+SELECT = ["id,userPrincipalName,mail,displayName,accountEnabled,onPremisesSyncEnabled"]
 UPN = "support@contoso.onmicrosoft.com"
 
 
@@ -504,3 +505,51 @@ def test_throttled_batch_items_are_retried_after_retry_after_not_later() -> None
     assert all(r.ok for r in results.values())
     assert len(log) == 2 and len(log[1]) == 20
     assert sent_at[1] - sent_at[0] == pytest.approx(1.0)
+
+
+def test_background_lookups_ask_graph_for_low_priority_outer_and_per_item() -> None:
+    router = respx.Router()
+    log: list[list[dict[str, Any]]] = []
+    route = router.post(BATCH)
+    route.side_effect = batch_answer(lambda sub: {"status": 200, "body": user_body(ref_of(sub))}, log)
+    env = Env(router)
+    run(env.graph.lookup_many(["a@contoso.com", "b@contoso.com"], background=True))
+    assert route.calls.last.request.headers["x-ms-throttle-priority"] == "low"
+    assert all(sub["headers"] == {"x-ms-throttle-priority": "low"} for sub in log[-1])
+    run(env.graph.lookup_many(["c@contoso.com"]))  # an interactive lookup (onboard) keeps normal priority
+    assert "x-ms-throttle-priority" not in route.calls.last.request.headers
+    assert "headers" not in log[-1][0]
+
+
+def test_outlook_items_go_in_their_own_batches_one_batch_in_flight() -> None:
+    """Graph dispatches a batch's Outlook items four at a time and throttles an app with more than
+    four in flight: two batches of mailboxSettings reads at once would overrun it."""
+    router = respx.Router()
+    log: list[list[dict[str, Any]]] = []
+    in_flight = {"outlook": 0, "max_outlook": 0, "any": 0, "max_any": 0}
+    answer = batch_answer(
+        lambda sub: {"status": 200, "body": USER_PURPOSE_STRING}
+        if sub["url"].endswith("/userPurpose")
+        else {"status": 200, "body": user_body(ref_of(sub))},
+        log,
+    )
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        outlook = "userPurpose" in request.content.decode()
+        in_flight["any"] += 1
+        in_flight["outlook"] += outlook
+        in_flight["max_any"] = max(in_flight["max_any"], in_flight["any"])
+        in_flight["max_outlook"] = max(in_flight["max_outlook"], in_flight["outlook"])
+        await asyncio.sleep(0.01)
+        in_flight["any"] -= 1
+        in_flight["outlook"] -= outlook
+        return answer(request)
+
+    router.post(BATCH).side_effect = handler
+    refs = [f"m{n}@contoso.com" for n in range(60)]
+    results = run(Env(router).graph.lookup_many(refs, with_purpose=True, background=True))
+    assert all(r.ok and r.purpose == "shared" for r in results.values())
+    kinds = [{"purpose" if s["url"].endswith("/userPurpose") else "user" for s in batch} for batch in log]
+    assert sorted(map(sorted, kinds)) == [["purpose"]] * 3 + [["user"]] * 3  # never mixed
+    assert in_flight["max_outlook"] == 1  # one Outlook batch at a time ...
+    assert in_flight["max_any"] > 1  # ... while directory batches still go out together

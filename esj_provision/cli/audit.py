@@ -53,7 +53,7 @@ def audit(
     if out is not None and out.is_dir():
         raise UsageError(f"cannot write {out}: it is a directory")
     info = manifest_mod.validate(manifest)
-    report = run_async(_audit(settings, info.path, concurrency, apps))
+    report = run_async(_audit(settings, info.path, concurrency, apps, rows=info.rows))
     if fmt_key == "table" and out is None:
         print_audit_table(report)
     else:
@@ -75,9 +75,15 @@ def audit(
     raise typer.Exit(int(report.exit_status))
 
 
-async def _audit(settings: Any, path: Path, concurrency: int, apps: tuple[str, ...] = ()) -> Any:
+async def _audit(settings: Any, path: Path, concurrency: int, apps: tuple[str, ...] = (), *, rows: int = 0) -> Any:
     from ..fleet.audit import run_audit
     from ..microsoft.session import Session
+    from .render import Progress
 
+    # An audit of a thousand rows reads for minutes: show bulk's progress bar on a terminal.
+    progress = Progress(rows, enabled=sys.stderr.isatty(), label="audit")
     async with Session(settings, max_connections=max(20, concurrency * 2)) as session:
-        return await run_audit(session, path, concurrency=concurrency, esj_apps=apps)
+        with progress:
+            return await run_audit(
+                session, path, concurrency=concurrency, esj_apps=apps, on_row=lambda r: progress.advance()
+            )

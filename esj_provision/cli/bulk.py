@@ -167,7 +167,7 @@ async def _bulk(
 
     from ..fleet.bulk import run_bulk
     from ..microsoft.session import Session
-    from ..provision.journal import Journal, default_journal_path
+    from ..provision.journal import Journal, JournalLock, default_journal_path
     from .render import Progress
 
     progress = Progress(info.rows, enabled=sys.stderr.isatty())
@@ -185,6 +185,12 @@ async def _bulk(
             probe = await _row_prober(settings, session, esj_client_id, probe_in, stack)
         # Opened lazily by its first write: a dry run never creates the file.
         journal = Journal(journal_path or default_journal_path(), secrets=settings.secrets)
+        # One run per journal at a time (a dry run writes nothing, so it takes no lock).
+        lock = JournalLock(journal.path, f"esj-provision bulk {info.path}")
+        if not dry_run:
+            notice = lock.acquire()
+            if notice:
+                sys.stderr.write(f"warning: {notice}\n")
         try:
             if not dry_run:
                 journal.write("run-start", command="bulk", manifest=str(info.path), rows=info.rows)
@@ -218,6 +224,7 @@ async def _bulk(
             return summary
         finally:
             journal.close()
+            lock.release()
 
 
 async def _row_prober(settings: Any, session: Any, esj_client_id: str | None, probe_in: tuple[Any, ...],

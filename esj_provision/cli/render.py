@@ -352,10 +352,10 @@ def print_bulk_summary(summary: BulkSummary, *, dry_run: bool) -> None:
 
 
 class Progress:
-    """A rich progress bar on stderr, only on a terminal."""
+    """A rich progress bar on stderr, only on a terminal (bulk, audit)."""
 
-    def __init__(self, total: int, *, enabled: bool) -> None:
-        self.total, self.enabled = total, enabled
+    def __init__(self, total: int, *, enabled: bool, label: str = "bulk") -> None:
+        self.total, self.enabled, self.label = total, enabled, label
         self._progress: Any = None
         self._task: Any = None
 
@@ -365,7 +365,7 @@ class Progress:
             from rich.progress import Progress as RichProgress
 
             self._progress = RichProgress(
-                TextColumn("bulk"),
+                TextColumn(self.label),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeRemainingColumn(),

@@ -2,6 +2,11 @@
 
 * Rows are streamed in chunks; each chunk's mailbox and account lookups go to Graph as JSON
   batches (the trustee, usually one service account for all, is looked up once per run).
+* Exchange calls are what limit a run, so Send As is read for every row from one listing per
+  trustee, joined to the rows through the shared-mailbox listing, which also gives each listed
+  mailbox's type (:mod:`.listings`): a new mailbox costs 4 Exchange calls (read Full Access, two
+  grants, read Full Access back) and 1 Graph item, an unchanged one 1 and 1; Send As grants are
+  verified together by a fresh listing.
 * Rows then run the onboarding plan/apply/verify concurrently (``concurrency`` at once); the
   transport paces Exchange adaptively, so a throttled tenant slows everyone down together.
 * One row's failure never stops the others. The journal records every write before it is sent,
@@ -14,10 +19,11 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
@@ -28,6 +34,7 @@ from ..provision.journal import Entry, Journal, open_intents
 from ..provision.onboard import Plan, run
 from ..provision.request import OnboardRequest, send_as_for
 from . import manifest as manifest_mod
+from .listings import FleetListings, verify_batch_size, verify_send_as
 from .manifest import ManifestRow
 
 if TYPE_CHECKING:
@@ -40,6 +47,7 @@ if TYPE_CHECKING:
     from ..probe.targets import Target
 
 CHUNK_ROWS = 100
+VERIFY_EVERY = 200  # rows whose Send As grants one listing verifies at least (see verify_batch_size)
 SHARD_SIZE = 25  # Genesys: no more than 25 mailboxes per E-mail Server instance
 # Graph admits 4 concurrent requests per app to mailboxes, whichever mailboxes (updates-2026-11.md §5):
 # probes run as the ESJ app, so at most this many rows are probed at once.
@@ -78,7 +86,9 @@ def _chunks(rows: Iterator[ManifestRow], size: int, first: int | None = None) ->
 
 async def warm_up(session: Session) -> None:
     """Get both tokens before the first row, so a sign-in problem fails the run at once (exit 1)
-    instead of failing every row."""
+    instead of failing every row. Meanwhile a worker thread sets up the Graph SDK, which the first
+    lookups would otherwise wait for, with Exchange (the scarce resource) idle."""
+    session.graph.prepare_in_background()
     await session.tokens.get(session.http.graph.scope)
     await session.tokens.get(session.http.exchange.scope)
 
@@ -341,26 +351,34 @@ async def onboard_row(
     dry_run: bool,
     journal: Journal,
     esj_client_id: str | None = None,
-) -> tuple[RowResult, Plan | None]:
+    send_as: FleetListings | None = None,
+) -> tuple[RowResult | None, Plan | None]:
     """One row's onboarding, its errors turned into the row's result (the run goes on), except the
-    ones that would fail every row alike."""
+    ones that would fail every row alike. No result yet (None) while the row's Send As grant
+    awaits the verifying listing (``plan.verify_deferred``): :func:`result_of` makes it then."""
     try:
         request = request_for(row, esj_app_id=esj_client_id)
-        plan = await run(session, request, mode="onboard", dry_run=dry_run, journal=journal, lookups=lookups)
+        plan = await run(
+            session, request, mode="onboard", dry_run=dry_run, journal=journal, lookups=lookups, send_as=send_as
+        )
     except (AccessDeniedError, AuthError, JournalError):
         raise  # the same for every row: stop the run (exit 1) rather than fail each row alike
     except EsjProvisionError as exc:
         return RowResult(row.line, row.mailbox, row.trustee, "failed", {}, exc.message), None
+    return (None if plan.verify_deferred else result_of(row, plan, dry_run=dry_run)), plan
+
+
+def result_of(row: ManifestRow, plan: Plan, *, dry_run: bool) -> RowResult:
     data = plan.to_dict()
     if plan.refused:
         reason = "; ".join(f.message for f in plan.findings if f.level == "error")
-        return RowResult(row.line, row.mailbox, row.trustee, "refused", data, reason), plan
+        return RowResult(row.line, row.mailbox, row.trustee, "refused", data, reason)
     if plan.failed:
         reason = "; ".join(
             f"{d.right.value}: {d.error or d.outcome}" for d in plan.delegations if d.outcome is not None and d.outcome.bad
         )
-        return RowResult(row.line, row.mailbox, row.trustee, "failed", data, reason), plan
-    return RowResult(row.line, row.mailbox, row.trustee, "planned" if dry_run else "ok", data), plan
+        return RowResult(row.line, row.mailbox, row.trustee, "failed", data, reason)
+    return RowResult(row.line, row.mailbox, row.trustee, "planned" if dry_run else "ok", data)
 
 
 def _open_results(out_dir: Path) -> tuple[Path, TextIO]:
@@ -424,19 +442,44 @@ async def run_bulk(
         journal.write("resume", note=f"{len(in_flight)} write(s) from an earlier run had no recorded outcome")
     reconciler = Reconciler(journal, in_flight, summary)
     results_path, results = _open_results(out_dir)
+    listings = FleetListings(session, confirm_absent=False)
+    pending: list[tuple[ManifestRow, Plan]] = []  # rows whose Send As grant awaits the verifying listing
 
-    async def handle(row: ManifestRow, lookups: dict[str, LookupResult]) -> RowResult:
+    async def handle(row: ManifestRow, lookups: dict[str, LookupResult]) -> RowResult | Plan:
         result, plan = await onboard_row(
-            session, row, lookups, dry_run=dry_run, journal=journal, esj_client_id=esj_client_id
+            session, row, lookups, dry_run=dry_run, journal=journal, esj_client_id=esj_client_id, send_as=listings
         )
         if plan is not None and not dry_run:
             reconciler.plan(plan)
+        if result is None:
+            assert plan is not None
+            return plan
+        return result
+
+    async def probed(row: ManifestRow, result: RowResult) -> RowResult:
+        # A row is probed once its result is final: after its Send As grant was verified.
         if probe is not None and not dry_run and result.status == "ok":
             async with probe_gate:
                 result.probe = await probe_options(probe, files.options_for(row))
         return result
 
-    def done(row: ManifestRow, result: RowResult) -> None:
+    async def verify_pending(batch: list[tuple[ManifestRow, Plan]]) -> None:
+        await verify_send_as(session, listings, [plan for _, plan in batch])
+        final = await asyncio.gather(*(probed(row, result_of(row, plan, dry_run=dry_run)) for row, plan in batch))
+        for (row, _), result in zip(batch, final):
+            finish(row, result)
+
+    async def done(row: ManifestRow, outcome: RowResult | Plan) -> None:
+        if isinstance(outcome, RowResult):
+            finish(row, await probed(row, outcome))
+            return
+        pending.append((row, outcome))
+        if len(pending) >= verify_batch_size(listings, VERIFY_EVERY):
+            batch = pending[:]
+            pending.clear()
+            await verify_pending(batch)
+
+    def finish(row: ManifestRow, result: RowResult) -> None:
         summary.add(row, result)
         files.finish(row, include=not result.failed)
         results.write(result.to_json() + "\n")
@@ -445,7 +488,19 @@ async def run_bulk(
             on_row(result)
 
     try:
-        await process_rows(session, manifest_mod.rows(path), concurrency, handle, done, on_row_read=files.assign)
+        await process_rows(
+            session,
+            manifest_mod.rows(path),
+            concurrency,
+            handle,
+            done,
+            on_row_read=files.assign,
+            listings=listings,
+            types_from_listing=True,
+        )
+        if pending:
+            await verify_pending(pending[:])
+            pending.clear()
         files.flush_all()
     finally:
         results.close()
@@ -453,6 +508,7 @@ async def run_bulk(
         summary.stats = session.stats()
     summary.files = [str(results_path), *files.files]
     summary.warnings.extend(files.warnings)
+    summary.warnings.extend(listings.notes)
     if in_flight and not dry_run:
         summary.warnings.append(
             f"{len(in_flight)} interrupted write(s) in the journal concern mailboxes not in this manifest; "
@@ -475,16 +531,35 @@ def _scan(path: Path) -> tuple[set[str], list[ManifestRow]]:
     return named, list(samples.values())
 
 
-async def lookups_for(session: Session, chunk: list[ManifestRow]) -> dict[str, LookupResult]:
-    """The chunk's mailbox and account lookups, as Graph JSON batches. The trustee (usually one
-    service account for every row) is looked up once per session."""
+async def lookups_for(
+    session: Session,
+    chunk: list[ManifestRow],
+    listings: FleetListings | None = None,
+    *,
+    types_from_listing: bool = False,
+) -> dict[str, LookupResult]:
+    """The chunk's mailbox and account lookups, as Graph JSON batches at low priority. The
+    trustee (usually one service account for every row) is looked up once per session, and its
+    Send As listing read once, before its rows need it all at once. With ``types_from_listing``
+    (bulk), a mailbox the shared-mailbox listing names is not asked its type: it is shared."""
     cache = session.cache.trustee_lookups
+    graph = session.graph
     mailboxes = list(dict.fromkeys(r.mailbox for r in chunk))
+    shared = {m for m in mailboxes if types_from_listing and listings is not None and listings.is_shared(m)}
     # App trustees (client ids) are not directory users: preflight resolves them as apps.
     new_trustees = [t for t in dict.fromkeys(r.trustee for r in chunk if isinstance(r.who, UserTrustee)) if t not in cache]
-    found = await session.graph.lookup_many(mailboxes, with_purpose=True)
+    by_listing, others, trustees = await asyncio.gather(
+        graph.lookup_many([m for m in mailboxes if m in shared], with_purpose=False, background=True),
+        graph.lookup_many([m for m in mailboxes if m not in shared], with_purpose=True, background=True),
+        graph.lookup_many(new_trustees, with_purpose=False, background=True),
+    )
+    found = {ref: replace(r, purpose="shared") if r.user is not None else r for ref, r in by_listing.items()}
+    found.update(others)
     if new_trustees:
-        cache.update(await session.graph.lookup_many(new_trustees, with_purpose=False))
+        cache.update(trustees)
+        if listings is not None:
+            users = [cache[t].user for t in new_trustees]
+            await asyncio.gather(*(listings.grants_of(u) for u in users if u is not None))
     return {**found, **{r.trustee: cache[r.trustee] for r in chunk if r.trustee in cache}}
 
 
@@ -493,23 +568,28 @@ async def process_rows(
     rows: Iterator[ManifestRow],
     concurrency: int,
     handle: Callable[[ManifestRow, dict[str, LookupResult]], Awaitable[T]],
-    done: Callable[[ManifestRow, T], None],
+    done: Callable[[ManifestRow, T], Awaitable[None] | None],
     *,
     on_row_read: Callable[[ManifestRow], None] | None = None,
+    listings: FleetListings | None = None,
+    types_from_listing: bool = False,
 ) -> None:
     """Stream rows through ``concurrency`` workers. A reader looks up each chunk ahead (batched)
     and feeds a bounded queue, so Graph lookups overlap with the Exchange work of earlier rows,
     no worker idles at a chunk boundary (nor at the start: the first chunks are small), and memory
-    holds about two chunks whatever the size."""
+    holds about two chunks whatever the size. With ``listings``, the shared-mailbox listing is
+    read first: it names each mailbox's Exchange Identity for the Send As listings."""
     queue: asyncio.Queue[tuple[ManifestRow, dict[str, LookupResult]] | None] = asyncio.Queue(maxsize=CHUNK_ROWS)
     workers = max(1, concurrency)
 
     async def reader() -> None:
+        if listings is not None:
+            await listings.load_shared()
         for chunk in _chunks(rows, CHUNK_ROWS, first=workers):
             if on_row_read is not None:
                 for row in chunk:
                     on_row_read(row)
-            lookups = await lookups_for(session, chunk)
+            lookups = await lookups_for(session, chunk, listings, types_from_listing=types_from_listing)
             for row in chunk:
                 await queue.put((row, lookups))
         for _ in range(workers):
@@ -518,7 +598,9 @@ async def process_rows(
     async def worker() -> None:
         while (item := await queue.get()) is not None:
             row, lookups = item
-            done(row, await handle(row, lookups))
+            finished = done(row, await handle(row, lookups))
+            if inspect.isawaitable(finished):
+                await finished
 
     tasks = [asyncio.ensure_future(reader()), *(asyncio.ensure_future(worker()) for _ in range(workers))]
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -41,10 +42,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-USER_SELECT = ("id", "userPrincipalName", "mail", "displayName", "accountEnabled")
+USER_SELECT = ("id", "userPrincipalName", "mail", "displayName", "accountEnabled", "onPremisesSyncEnabled")
 SP_SELECT = ("id", "appId", "displayName")
 BATCH_LIMIT = 20  # Graph's hard limit of requests in one $batch
 MAX_PAGES = 50  # app roles, applications: a handful of items; this only guards against a paging loop
+# Graph answers 429 ApplicationThrottled to an app with more than 4 Outlook requests (mail,
+# mailboxSettings) in flight, and dispatches a batch's Outlook items four at a time
+# (updates-2026-11.md §5; learn.microsoft.com/graph/throttling-limits#outlook-service-limits).
+# So one batch holding Outlook items is in flight per client at a time: it alone keeps 4 busy.
+OUTLOOK_BATCHES_IN_FLIGHT = 1
+# Background reads (bulk lookups, audit) ask Graph to throttle them before interactive traffic:
+# learn.microsoft.com/graph/throttling ("x-ms-throttle-priority": low, normal, high). Whether
+# Graph reads it from a $batch's outer request or from each item is not documented, so both
+# carry it (unconfirmed).
+PRIORITY_HEADER = "x-ms-throttle-priority"
 
 # What each operation reads, and the application permission it needs.
 _OPS: dict[str, tuple[str, str]] = {
@@ -190,6 +201,7 @@ def parse_user(data: Mapping[str, Any]) -> DirectoryUser:
         mail=data.get("mail") or None,
         display_name=data.get("displayName") or None,
         account_enabled=data.get("accountEnabled"),
+        on_premises_sync_enabled=data.get("onPremisesSyncEnabled"),
     )
 
 
@@ -236,10 +248,17 @@ class GraphClient:
         self.base_url = f"{http.settings.graph_endpoint}/v1.0"
         self._concurrency = max(1, concurrency)
         self._batch_size = max(1, min(BATCH_LIMIT, batch_size))
+        self._outlook_gate = asyncio.Semaphore(OUTLOOK_BATCHES_IN_FLIGHT)
         self._sdk: Any = None
         self._adapter: Any = None
+        self._preparing: asyncio.Future[Any] | None = None
+        self._setup_lock = threading.Lock()  # prepare_in_background's thread and the loop's thread
 
     def _client(self) -> Any:
+        with self._setup_lock:
+            return self._client_locked()
+
+    def _client_locked(self) -> Any:
         if self._sdk is None:
             from kiota_abstractions.authentication import AnonymousAuthenticationProvider
             from msgraph import GraphRequestAdapter, GraphServiceClient
@@ -253,6 +272,16 @@ class GraphClient:
             self._sdk = GraphServiceClient(request_adapter=adapter)
             self._adapter = adapter
         return self._sdk
+
+    def prepare_in_background(self) -> None:
+        """Import and set up the SDK in a worker thread (about half a second of CPU), so the first
+        lookups of bulk and audit do not wait for it after the sign-in and the first listing."""
+        if self._sdk is None and self._preparing is None:
+            self._preparing = asyncio.ensure_future(asyncio.to_thread(self._client))
+
+    async def _ready(self) -> None:
+        if self._preparing is not None:
+            await self._preparing
 
     # -- request builders (the SDK's) ---------------------------------------------------------
 
@@ -366,8 +395,14 @@ class GraphClient:
 
     # -- batched reads ------------------------------------------------------------------------
 
-    async def lookup_many(self, refs: Iterable[str], with_purpose: bool = False) -> dict[str, LookupResult]:
+    async def lookup_many(
+        self, refs: Iterable[str], with_purpose: bool = False, *, background: bool = False
+    ) -> dict[str, LookupResult]:
         """Resolve many references with JSON batching (at most 20 requests per $batch).
+
+        ``background``: sent with ``x-ms-throttle-priority: low`` (bulk lookups, audit).
+        Directory items go first and the Outlook items (userPurpose) after them, so they share as
+        few batches as possible: a batch with an Outlook item waits for the Outlook gate.
 
         Returns one LookupResult per distinct reference (keyed by the reference as given; a second
         spelling differing only in case shares the first's result). Per-item errors are values.
@@ -375,6 +410,7 @@ class GraphClient:
         Retry-After (or backoff), within the transport's retry policy; the outer POST's own
         throttling and 5xx are the transport's job.
         """
+        await self._ready()
         keys: dict[str, str] = {}  # given ref -> key
         first: dict[str, str] = {}  # key -> first spelling
         for ref in refs:
@@ -390,7 +426,7 @@ class GraphClient:
         pending = self._items(first, with_purpose)
         while pending:
             budget.start()
-            outcomes = await self._run_batches(pending)
+            outcomes = await self._run_batches(pending, background)
             retry: list[_Item] = []
             waits: list[float] = []
             answered = sum(1 for o in outcomes if o.status < 400 or o.status in {403, 404})
@@ -434,11 +470,9 @@ class GraphClient:
 
     def _items(self, first: dict[str, str], with_purpose: bool) -> list[_Item]:
         """The batch items for each distinct reference: its user, and with_purpose its userPurpose."""
-        items: list[_Item] = []
-        for key, ref in first.items():
-            items.append(_Item(key, "user", self.relative_url(self.user_request(ref))))
-            if with_purpose:
-                items.append(_Item(key, "purpose", self.relative_url(self.user_purpose_request(ref))))
+        items = [_Item(key, "user", self.relative_url(self.user_request(ref))) for key, ref in first.items()]
+        if with_purpose:  # after the users, so Outlook items share as few batches as possible
+            items += [_Item(key, "purpose", self.relative_url(self.user_purpose_request(ref))) for key, ref in first.items()]
         return items
 
     @staticmethod
@@ -466,25 +500,32 @@ class GraphClient:
         code, message, rid = _error_fields(body)
         errors[(item.key, item.kind)] = graph_error(status, code, message, rid, op=item.kind, ref=ref)
 
-    async def _run_batches(self, items: list[_Item]) -> list[_Outcome]:
+    async def _run_batches(self, items: list[_Item], background: bool = False) -> list[_Outcome]:
         chunks = [items[i : i + self._batch_size] for i in range(0, len(items), self._batch_size)]
         gate = asyncio.Semaphore(self._concurrency)
 
         async def one(chunk: list[_Item]) -> list[_Outcome]:
             async with gate:
-                return await self._send_batch(chunk)
+                if any(item.kind == "purpose" for item in chunk):
+                    async with self._outlook_gate:
+                        return await self._send_batch(chunk, background)
+                return await self._send_batch(chunk, background)
 
         results = await asyncio.gather(*(one(c) for c in chunks))
         return [outcome for batch in results for outcome in batch]
 
-    async def _send_batch(self, chunk: list[_Item]) -> list[_Outcome]:
+    async def _send_batch(self, chunk: list[_Item], background: bool = False) -> list[_Outcome]:
         """One $batch POST and an outcome for every item; an outer failure (already retried by the
         transport) becomes a final outcome with that status for each of its items."""
-        requests = [{"id": str(n), "method": "GET", "url": item.url} for n, item in enumerate(chunk, 1)]
+        priority = {PRIORITY_HEADER: "low"} if background else {}
+        requests = [
+            {"id": str(n), "method": "GET", "url": item.url, **({"headers": priority} if priority else {})}
+            for n, item in enumerate(chunk, 1)
+        ]
         response = await self._http.graph_client.post(
             f"{self.base_url}/$batch",
             json={"requests": requests},
-            headers={"Accept": "application/json"},
+            headers={"Accept": "application/json", **priority},
             extensions={WEIGHT_EXTENSION: len(requests)},  # Graph throttles each item of a batch
         )
         try:

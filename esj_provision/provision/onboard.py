@@ -21,7 +21,7 @@ import contextlib
 from collections.abc import Awaitable
 from dataclasses import asdict, dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from ..errors import (
     AccessDeniedError,
@@ -108,6 +108,9 @@ class Plan:
     sp_step: Step | None = None  # onboard: register the trustee app's Exchange service principal
     ews: EwsVerdict | None = None  # EWS rows: whether the tenant lets the ESJ app use EWS here
     tenant_id: str | None = None  # the tenant as a GUID (Session.tenant_guid), for the ESJ options
+    # Written delegations whose read-back is left to the caller (bulk verifies Send As of many
+    # rows with one listing): their ``verified`` stays None until it does.
+    verify_deferred: list[Delegation] = field(default_factory=list)
 
     @property
     def refused(self) -> bool:
@@ -194,6 +197,18 @@ class Plan:
             "refused": self.refused,
             "failed": self.failed,
         }
+
+
+class SendAsSource(Protocol):
+    """Where bulk and audit read Send As for many rows at once (:mod:`esj_provision.fleet.listings`)."""
+
+    def covers(self, plan: Plan) -> bool:
+        """The row's Send As is read and verified through the source, not per mailbox."""
+        ...
+
+    async def send_as_state(self, plan: Plan) -> State | None:
+        """PRESENT or ABSENT from the source; None: read it per mailbox."""
+        ...
 
 
 async def gather_all(*aws: Awaitable[Any]) -> list[Any]:
@@ -385,10 +400,12 @@ async def preflight(
     mode: Mode | str = Mode.ONBOARD,
     desired: State | None = None,
     lookups: dict[str, LookupResult] | None = None,
+    send_as: SendAsSource | None = None,
 ) -> Plan:
     """Read-only checks and, with ``desired``, the plan: every problem is reported together in
     ``plan.findings``. The SMTP AUTH check and the delegation reads do not depend on each other,
-    so they go out concurrently, after the (batched) Graph lookups."""
+    so they go out concurrently, after the (batched) Graph lookups. ``send_as`` (bulk, audit)
+    answers Send As from an organisation-wide listing instead of a read per mailbox."""
     mode = Mode(mode)
     plan = Plan(mode=mode, request=request)
     if request.trustee_is_app:
@@ -430,7 +447,12 @@ async def preflight(
         from .ews_policy import check_ews
 
         checks.append(check_ews(session, plan))
-    reads = [read_state(session, plan, d.right) for d in plan.delegations]
+    reads = [
+        _read_send_as(session, plan, send_as)
+        if send_as is not None and d.right is Right.SEND_AS
+        else read_state(session, plan, d.right)
+        for d in plan.delegations
+    ]
     results = await gather_all(*reads, *checks)
     for d, (state, error) in zip(plan.delegations, results[: len(reads)]):
         d.current, d.error = state, error
@@ -438,6 +460,13 @@ async def preflight(
 
 
 # -- plan --------------------------------------------------------------------------------------
+
+
+async def _read_send_as(session: Session, plan: Plan, source: SendAsSource) -> tuple[State, str | None]:
+    state = await source.send_as_state(plan)
+    if state is None:
+        return await read_state(session, plan, Right.SEND_AS)
+    return state, None
 
 
 async def read_state(session: Session, plan: Plan, right: Right) -> tuple[State, str | None]:
@@ -546,9 +575,13 @@ async def apply(session: Session, plan: Plan, journal: Journal | None) -> Plan:
     return plan
 
 
-async def verify(session: Session, plan: Plan) -> Plan:
-    """Read back every delegation that was written."""
+async def verify(session: Session, plan: Plan, send_as: SendAsSource | None = None) -> Plan:
+    """Read back every delegation that was written; Send As covered by ``send_as`` is left to
+    the caller (``plan.verify_deferred``), who verifies many rows with one listing."""
     written = [d for d in plan.delegations if d.outcome is not None and d.outcome.changed]
+    if send_as is not None and send_as.covers(plan):
+        plan.verify_deferred = [d for d in written if d.right is Right.SEND_AS]
+        written = [d for d in written if d.right is not Right.SEND_AS]
     states = await gather_all(*(read_state(session, plan, d.right) for d in written))
     for d, (state, error) in zip(written, states):
         d.verified = state
@@ -571,13 +604,14 @@ async def run(
     dry_run: bool,
     journal: Journal | None,
     lookups: dict[str, LookupResult] | None = None,
+    send_as: SendAsSource | None = None,
 ) -> Plan:
     """The whole job for one mailbox. ``dry_run`` makes no write call at all."""
     mode = Mode(mode)
     if mode is Mode.AUDIT:
         raise ValueError("run() writes: audit plans come from preflight()")
     desired = State.PRESENT if mode is Mode.ONBOARD else State.ABSENT
-    plan = await preflight(session, request, mode=mode, desired=desired, lookups=lookups)
+    plan = await preflight(session, request, mode=mode, desired=desired, lookups=lookups, send_as=send_as)
     plan.dry_run = dry_run
     plan.tenant_id = await session.tenant_guid()  # the token preflight signed in with: no new call
     if dry_run or plan.refused:
@@ -589,5 +623,5 @@ async def run(
         raise EsjProvisionError("internal: a write needs a journal")
     await apply(session, plan, journal)
     if writes:
-        await verify(session, plan)
+        await verify(session, plan, send_as)
     return plan

@@ -116,7 +116,7 @@ _USER_DEFAULT = (
     "businessPhones", "displayName", "givenName", "jobTitle", "mail", "mobilePhone", "officeLocation",
     "preferredLanguage", "surname", "userPrincipalName", "id",
 )
-_USER_EXTRA = ("accountEnabled", "userType", "mailNickname", "proxyAddresses", "otherMails")
+_USER_EXTRA = ("accountEnabled", "userType", "mailNickname", "proxyAddresses", "otherMails", "onPremisesSyncEnabled")
 
 
 def _user_json(r: Recipient) -> dict[str, Any]:
@@ -127,6 +127,8 @@ def _user_json(r: Recipient) -> dict[str, Any]:
         "surname": surname or None, "userPrincipalName": r.upn, "id": r.id,
         "accountEnabled": r.account_enabled, "userType": r.user_type, "mailNickname": r.name,
         "proxyAddresses": r.email_addresses, "otherMails": [],
+        # Cloud-only tenant: never synced from an on-premises directory (Graph sends null then).
+        "onPremisesSyncEnabled": None,
     }
 
 
