@@ -233,8 +233,9 @@ def main() -> int:
 which throttles Graph and Exchange at **{limit:g} requests/s each** (token bucket, 1 s burst; 429 with
 Retry-After beyond it) and adds the latency shown to every request. Manifest: generated shared
 mailboxes, one service-account trustee, IMAP/SMTP, so each row is: Graph lookups (in $batch requests,
-looked up ahead in chunks of up to 100 rows), reads of Full Access and Send As (and SMTP AUTH, once
-per trustee), two grants, two read-backs. *ours* = the default
+looked up ahead in chunks of up to 100 rows), a read of Full Access (Send As comes from the trustee's
+listing; SMTP AUTH is read once per trustee), two grants, a read-back of Full Access (Send As is
+verified by a second listing). *ours* = the default
 `--concurrency {opts.concurrency}`; *one at a time* = `--concurrency 1` (a PowerShell-style loop over the
 manifest; it still overlaps the independent calls of one mailbox). Each run made once (minutes long:
 the ratios come from runs made back to back). Measured {today()} on {machine()}.
@@ -259,8 +260,9 @@ time instead (sign-in and the first chunk's Graph lookups come before any Exchan
 - **Exchange at {ours0.exchange_use:.2f} of the limit** while busy ({ours0.exchange_rate:.1f} of {limit:g} calls/s, latency
   {_lat(ours0.latency)}), {ours0.exchange_use_whole:.2f} over the whole run; {ours0.exchange_429} Exchange 429s for
   {len(ours0.exchange_ok)} admitted calls ({100 * ours0.exchange_429 / max(1, len(ours0.exchange_ok)):.1f}%).
-- **{per_mbx_ex:.2f} Exchange calls per mailbox**; the minimum for read, grant and read back of two rights is 6
-  (plus the trustee's SMTP AUTH setting and the tenant's, once per run).
+- **{per_mbx_ex:.2f} Exchange calls per mailbox**: read Full Access, grant Full Access and Send As, read
+  Full Access back (4), plus per run the shared-mailbox listing, the trustee's Send As listing before
+  and after the grants, and the SMTP AUTH settings of trustee and tenant (see the Fleet section).
 - One at a time: {base0.per_second:.2f} mailboxes/s at {_lat(base0.latency)}, so ours is **{ours0.per_second / base0.per_second:.2f}×**
   faster; at that latency even one mailbox at a time runs Exchange at {base0.exchange_use:.2f} of the limit, so the
   limit, not concurrency, sets the pace.{"" if len(pairs) < 2 else f'''
