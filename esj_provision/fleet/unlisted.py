@@ -1,0 +1,472 @@
+"""Who else can ESJ's trustees open? Full Access and Send As grants the manifest does not list.
+
+``audit`` asks "is every mailbox of the manifest connected?"; a security review asks the other way
+round: which mailboxes can ESJ's service account (or ESJ's app) open or send as that nobody listed.
+Mailboxes leave ESJ, grants stay. This module finds those grants, read-only; :mod:`.prune` removes
+them.
+
+What is read, and what it costs (reference updates-2026-11 §4):
+
+* **Send As**: one paged ``Get-RecipientPermission -Trustee X -ResultSize Unlimited`` per trustee,
+  without ``-Identity`` (Microsoft's Example 1): every Send As grant of X in the organisation. When
+  that listing fails (or cannot be trusted, see ``ExchangeClient.send_as_grants_of``), Send As of
+  that trustee is read per mailbox instead, and the report says so.
+* **Full Access**: ``Get-MailboxPermission`` has a mandatory ``-Identity``: there is no
+  organisation-wide listing, so it is one call per mailbox, over the paged ``Get-Mailbox
+  -RecipientTypeDetails SharedMailbox`` listing (plus ``UserMailbox`` on request). Every row of a
+  mailbox comes back in that one call, whatever the number of trustees looked for. A mailbox the
+  manifest lists for the only trustee there is cannot hold an unlisted grant and is not read.
+
+A grant counts only from an explicit, allowing row that names the trustee: ``NT AUTHORITY\\SELF``,
+inherited rows, Deny rows and other principals' rows never do (:func:`holds`). A (mailbox, trustee)
+pair is *listed* when the manifest's row for that mailbox names that trustee; anything else the
+trustee holds is unlisted, including a mailbox the manifest lists for another trustee (ESJ moved
+it from the service account to its app, say, and the account kept its grant).
+
+Exchange names a group in a permission row, not its members, and expands no membership for
+``-Trustee``: a trustee's access *through* a group is therefore not seen here; every grant found is
+``direct``, and the row's principal is shown as Exchange wrote it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..errors import AccessDeniedError, AuthError, EsjProvisionError, NotFoundError
+from ..microsoft.exchange import holds
+from ..models import ExchangeMailbox, PermissionRow, RecipientPermissionRow, Right, is_guid
+
+if TYPE_CHECKING:
+    from ..microsoft.session import Session
+    from ..provision.esj_app import AppIdentity
+    from .manifest import ManifestRow
+
+SHARED = "SharedMailbox"
+USER = "UserMailbox"
+RIGHT_TEXT = {Right.FULL_ACCESS: "Full Access", Right.SEND_AS: "Send As"}
+
+
+@dataclass
+class TrusteeRef:
+    """A trustee looked for: a service account, or an ESJ app's Exchange service principal."""
+
+    ref: str  # as the admin gave it (address or client id)
+    kind: Literal["user", "app"]
+    exchange_id: str = ""  # what Exchange takes as -User / -Trustee: the UPN, or the SP's identity
+    aliases: frozenset[str] = frozenset()  # every form a permission row may show it as (lower-case)
+    registered: bool = True  # an app without an Exchange service principal can hold nothing
+    send_as_listed: bool = False  # its Send As came from the trustee-wide listing
+    user: Any = None  # the DirectoryUser (user trustee), for the writes
+    app: AppIdentity | None = None  # the AppIdentity (app trustee), for the writes
+    other_refs: set[str] = field(default_factory=set)  # other spellings in the manifest
+
+    @property
+    def key(self) -> str:
+        return (self.exchange_id or self.ref).casefold()
+
+    def names(self, ref: str) -> bool:
+        r = ref.casefold()
+        return r == self.ref.casefold() or r in {o.casefold() for o in self.other_refs} or r in self.aliases
+
+
+@dataclass(frozen=True)
+class Grant:
+    """One right a trustee holds on a mailbox, found in Exchange."""
+
+    mailbox: str  # the mailbox's primary SMTP address (what the removal names)
+    mailbox_kind: str  # RecipientTypeDetails
+    trustee: str  # the trustee as the admin gave it
+    trustee_kind: str  # user | app
+    exchange_id: str  # the trustee as Exchange takes it (-User / -Trustee)
+    right: Right
+    shown_as: str  # the principal as Exchange's row names it
+    via: str = "direct"
+    listed_for: str | None = None  # the manifest's trustee for this mailbox, when it lists another one
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mailbox": self.mailbox,
+            "mailbox_kind": self.mailbox_kind,
+            "trustee": self.trustee,
+            "trustee_kind": self.trustee_kind,
+            "right": self.right.value,
+            "via": self.via,
+            "shown_as": self.shown_as,
+            "listed_for": self.listed_for,
+        }
+
+
+@dataclass
+class Discovery:
+    """What the trustees hold outside the manifest (everything they hold, without one)."""
+
+    trustees: list[TrusteeRef] = field(default_factory=list)
+    kinds: tuple[str, ...] = (SHARED,)
+    mailboxes_listed: int = 0  # mailboxes of those kinds in the tenant
+    mailboxes_read: int = 0  # of them, read for Full Access
+    grants: list[Grant] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # what could not be read: the answer is incomplete
+    notes: list[str] = field(default_factory=list)
+    read_ok: set[str] = field(default_factory=set)  # mailboxes (lower-case) whose every read succeeded
+    calls: dict[str, int] = field(default_factory=dict)  # Exchange cmdlets sent, by name
+
+    @property
+    def complete(self) -> bool:
+        return not self.errors
+
+    def count(self, cmdlet: str) -> None:
+        self.calls[cmdlet] = self.calls.get(cmdlet, 0) + 1
+
+    def by_pair(self) -> list[tuple[str, str, list[Grant]]]:
+        """Grants grouped per (mailbox, trustee), in a stable order."""
+        pairs: dict[tuple[str, str], list[Grant]] = {}
+        for g in sorted(self.grants, key=lambda g: (g.mailbox.lower(), g.trustee.lower(), g.right.value)):
+            pairs.setdefault((g.mailbox, g.trustee), []).append(g)
+        return [(m, t, gs) for (m, t), gs in pairs.items()]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "trustees": [t.ref for t in self.trustees],
+            "mailbox_kinds": list(self.kinds),
+            "mailboxes_listed": self.mailboxes_listed,
+            "mailboxes_read": self.mailboxes_read,
+            "grants": len(self.grants),
+            "mailboxes_with_grants": len({g.mailbox.lower() for g in self.grants}),
+            "complete": self.complete,
+            "exchange_calls": dict(sorted(self.calls.items())),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "summary": self.summary(),
+            "grants": [g.to_dict() for g in sorted(self.grants, key=_grant_order)],
+            "errors": self.errors,
+            "notes": self.notes,
+        }
+
+
+def _grant_order(g: Grant) -> tuple[str, str, str]:
+    return (g.mailbox.lower(), g.trustee.lower(), g.right.value)
+
+
+# --------------------------------------------------------------------------------------------
+# Trustees
+# --------------------------------------------------------------------------------------------
+
+
+async def resolve_trustees(
+    session: Session, refs: Iterable[str], *, strict: bool
+) -> tuple[list[TrusteeRef], list[str]]:
+    """Each distinct trustee, with what Exchange calls it and how rows may show it.
+
+    ``strict`` (``audit --trustee``): a trustee that does not exist is an error raised at once.
+    Otherwise (a manifest's trustees) it is an entry of the returned problems and is skipped: the
+    row audit already reports "trustee gone", and a trustee that is gone can be given no name to
+    remove a grant with.
+    """
+    from ..provision.esj_app import AppLookupError, cached_app
+
+    distinct = list(dict.fromkeys(r.strip() for r in refs if r and r.strip()))
+    users = [r for r in distinct if not is_guid(r)]
+    apps = [r.lower() for r in distinct if is_guid(r)]
+    problems: list[str] = []
+    out: dict[str, TrusteeRef] = {}
+    found = await session.graph.lookup_many(users, with_purpose=False) if users else {}
+    for ref in users:
+        result = found.get(ref)
+        if result is None or result.user is None:
+            err = result.error if result else None
+            if strict:
+                if err is None or isinstance(err, NotFoundError):
+                    raise NotFoundError(f"account {ref} was not found in the tenant", hint="check the address")
+                raise err
+            problems.append(f"trustee {ref}: {err.message if err else 'not found'}; its grants were not looked for")
+            continue
+        user = result.user
+        aliases = {v.lower() for v in (ref, user.user_principal_name, user.mail, user.id, user.display_name) if v}
+        t = TrusteeRef(ref, "user", user.user_principal_name, frozenset(aliases), user=user)
+        _merge(out, t)
+    for ref in apps:
+        try:
+            ident = await cached_app(session, ref)
+        except (AccessDeniedError, AuthError):
+            raise
+        except (AppLookupError, EsjProvisionError) as exc:
+            if strict:
+                raise
+            problems.append(f"ESJ app {ref}: {exc.message}; its grants were not looked for")
+            continue
+        if ident.sp is None:
+            msg = f"ESJ app {ref} has no enterprise application (service principal) in this tenant"
+            if strict:
+                raise NotFoundError(msg, hint="check the client id")
+            problems.append(msg + "; it holds nothing in Exchange")
+            continue
+        t = TrusteeRef(
+            ref, "app", ident.exchange_identity, frozenset(ident.aliases()), registered=ident.exo is not None, app=ident
+        )
+        _merge(out, t)
+    return list(out.values()), problems
+
+
+def _merge(out: dict[str, TrusteeRef], t: TrusteeRef) -> None:
+    """Two spellings of one account in a manifest (its address, its UPN) are one trustee."""
+    have = out.get(t.key)
+    if have is None:
+        out[t.key] = t
+    else:
+        have.other_refs.add(t.ref)
+
+
+# --------------------------------------------------------------------------------------------
+# Which (mailbox, trustee) pairs the manifest lists
+# --------------------------------------------------------------------------------------------
+
+
+class Listing:
+    """The manifest's (mailbox, trustee) pairs, matched to Exchange's mailboxes.
+
+    A manifest names a mailbox by an address: its primary address, one of its proxy addresses, or
+    its UPN. Exchange's listing gives every proxy address; an address matching none (a UPN that is
+    no proxy address) is resolved through Graph to the object id, which Exchange shows as
+    ExternalDirectoryObjectId. A manifest address that cannot be resolved at all (Graph failed)
+    leaves the listing unknown: nothing may then be called unlisted, let alone removed.
+    """
+
+    def __init__(self, rows: Iterable[ManifestRow] = ()) -> None:
+        self.trustee_of: dict[str, str] = {}  # manifest mailbox address (casefold) -> trustee ref
+        self.line_of: dict[str, int] = {}
+        for row in rows:
+            self.trustee_of[row.mailbox.casefold()] = row.trustee
+            self.line_of[row.mailbox.casefold()] = row.line
+        self._by_object_id: dict[str, str] = {}  # Entra object id -> manifest address (casefold)
+        self.unresolved: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.trustee_of)
+
+    def trustee_refs(self) -> list[str]:
+        return list(dict.fromkeys(self.trustee_of.values()))
+
+    async def resolve(self, session: Session, mailboxes: list[ExchangeMailbox]) -> None:
+        """Match every manifest address to Exchange's mailboxes; look up in Graph those that match
+        no proxy address (usually none: one batch of 20 per 20 such addresses)."""
+        known = {k for mb in mailboxes for k in _mailbox_keys(mb)}
+        missing = [a for a in self.trustee_of if a not in known]
+        if not missing:
+            return
+        found = await session.graph.lookup_many(missing, with_purpose=False)
+        for address in missing:
+            result = found.get(address)
+            if result is not None and result.user is not None:
+                self._by_object_id[result.user.id.casefold()] = address
+            elif result is not None and not isinstance(result.error, NotFoundError):
+                # Not "gone": unreadable. Which mailbox it is stays unknown.
+                self.unresolved.append(address)
+
+    def listed_trustee(self, mb: ExchangeMailbox) -> str | None:
+        """The manifest's trustee for this mailbox, or None when the manifest does not list it."""
+        for k in _mailbox_keys(mb):
+            if k in self.trustee_of:
+                return self.trustee_of[k]
+        oid = (mb.external_directory_object_id or "").casefold()
+        if oid and oid in self._by_object_id:
+            return self.trustee_of[self._by_object_id[oid]]
+        return None
+
+
+def _mailbox_keys(mb: ExchangeMailbox) -> set[str]:
+    keys = {mb.primary_smtp_address.casefold()} if mb.primary_smtp_address else set()
+    for a in mb.email_addresses:
+        scheme, _, address = a.partition(":")
+        if address and scheme.lower() == "smtp":
+            keys.add(address.casefold())
+    return keys
+
+
+def _mailbox_id(mb: ExchangeMailbox) -> str:
+    return mb.primary_smtp_address or mb.identity
+
+
+# --------------------------------------------------------------------------------------------
+# Discovery
+# --------------------------------------------------------------------------------------------
+
+
+def _first_match(rows: Iterable[PermissionRow | RecipientPermissionRow], t: TrusteeRef, right: Right) -> str | None:
+    """The principal as the first effective row granting ``right`` to ``t`` names it, else None.
+    :func:`holds` decides what counts (never SELF, inherited, Deny or another principal)."""
+    for row in rows:
+        if holds([row], t.aliases, right.value):
+            return row.user if isinstance(row, PermissionRow) else row.trustee
+    return None
+
+
+async def _send_as_listings(
+    session: Session, trustees: list[TrusteeRef], found: Discovery
+) -> dict[str, list[tuple[str, str]]]:
+    """Per trustee key: (recipient identity, principal shown) of every effective Send As grant,
+    from the trustee-wide listing. A trustee whose listing fails is left out (read per mailbox)."""
+
+    async def one(t: TrusteeRef) -> tuple[TrusteeRef, list[tuple[str, str]] | EsjProvisionError]:
+        found.count("Get-RecipientPermission")
+        try:
+            grants = await session.exchange.send_as_grants_of(t.exchange_id)
+        except (AccessDeniedError, AuthError):
+            raise
+        except EsjProvisionError as exc:
+            return t, exc
+        return t, [(g.mailbox, g.trustee) for g in grants if holds([g.row], t.aliases, Right.SEND_AS.value)]
+
+    out: dict[str, list[tuple[str, str]]] = {}
+    for t, result in await asyncio.gather(*(one(t) for t in trustees if t.registered)):
+        if isinstance(result, EsjProvisionError):
+            found.notes.append(
+                f"Send As of {t.ref}: the organisation-wide listing failed ({result.message}); read per mailbox instead"
+            )
+            continue
+        t.send_as_listed = True
+        out[t.key] = result
+    return out
+
+
+async def discover(
+    session: Session,
+    trustees: list[TrusteeRef],
+    listing: Listing,
+    *,
+    kinds: tuple[str, ...] = (SHARED,),
+    concurrency: int = 8,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Discovery:
+    """Every Full Access and Send As grant of ``trustees`` on mailboxes of ``kinds`` that
+    ``listing`` does not list. Read-only. Errors of single reads are collected in ``errors``;
+    a refused app (401/403) stops the whole discovery."""
+    found = Discovery(trustees=list(trustees), kinds=kinds)
+    active = [t for t in trustees if t.registered]
+    for t in trustees:
+        if not t.registered:
+            found.notes.append(f"ESJ app {t.ref} is not registered in Exchange: it can hold no grant")
+    found.count("Get-Mailbox")
+    mailboxes, send_as = await asyncio.gather(
+        session.exchange.list_mailboxes(kinds), _send_as_listings(session, active, found)
+    )
+    found.mailboxes_listed = len(mailboxes)
+    await listing.resolve(session, mailboxes)
+    if listing.unresolved:
+        found.errors += [f"manifest mailbox {a}: could not be resolved in Graph" for a in listing.unresolved]
+    by_identity: dict[str, ExchangeMailbox | None] = {}
+    for mb in mailboxes:
+        k = mb.identity.casefold()
+        by_identity[k] = None if k in by_identity else mb  # a name twice is ambiguous: no guessing
+    listed_of = {id(mb): listing.listed_trustee(mb) for mb in mailboxes}
+
+    def unlisted(mb: ExchangeMailbox, t: TrusteeRef) -> bool:
+        listed = listed_of[id(mb)]
+        return listed is None or not t.names(listed)
+
+    # Send As, from the listings.
+    outside: list[str] = []
+    for t in active:
+        for identity, shown in send_as.get(t.key, []):
+            key = identity.casefold()
+            target = by_identity.get(key)
+            if key not in by_identity:
+                outside.append(f"{identity} ({t.ref})")
+            elif target is None:
+                found.errors.append(f"Send As of {t.ref} on {identity}: more than one mailbox has that name")
+            elif unlisted(target, t):
+                found.grants.append(_grant(target, t, Right.SEND_AS, shown, listed_of[id(target)]))
+    if outside:
+        found.notes.append(
+            f"{len(outside)} Send As grant(s) on recipients outside the {'/'.join(kinds)} listing, not reported: "
+            + ", ".join(sorted(outside)[:20])
+            + (" ..." if len(outside) > 20 else "")
+        )
+
+    # Full Access (and Send As of trustees without a listing), per mailbox.
+    per_mailbox_send_as = [t for t in active if not t.send_as_listed]
+    to_read = [mb for mb in mailboxes if any(unlisted(mb, t) for t in active)]
+    found.mailboxes_read = len(to_read)
+    await _read_mailboxes(session, to_read, active, per_mailbox_send_as, found, listed_of, unlisted,
+                          concurrency=concurrency, on_progress=on_progress)  # fmt: skip
+    found.grants.sort(key=_grant_order)
+    return found
+
+
+def _grant(mb: ExchangeMailbox, t: TrusteeRef, right: Right, shown: str, listed_for: str | None) -> Grant:
+    return Grant(_mailbox_id(mb), mb.recipient_type_details, t.ref, t.kind, t.exchange_id, right, shown,
+                 listed_for=listed_for)  # fmt: skip
+
+
+async def _read_mailboxes(
+    session: Session,
+    mailboxes: list[ExchangeMailbox],
+    trustees: list[TrusteeRef],
+    send_as_trustees: list[TrusteeRef],
+    found: Discovery,
+    listed_of: dict[int, str | None],
+    unlisted: Callable[[ExchangeMailbox, TrusteeRef], bool],
+    *,
+    concurrency: int,
+    on_progress: Callable[[int, int], None] | None,
+) -> None:
+    """One Get-MailboxPermission per mailbox (every row: one call serves every trustee), plus one
+    Get-RecipientPermission where some trustee's Send As listing failed; ``concurrency`` at once,
+    paced by the transport like every bulk read."""
+    queue: asyncio.Queue[ExchangeMailbox] = asyncio.Queue()
+    for mb in mailboxes:
+        queue.put_nowait(mb)
+    done = 0
+    total = len(mailboxes)
+    if on_progress is not None:
+        on_progress(0, total)
+
+    async def read(mb: ExchangeMailbox) -> None:
+        ident = _mailbox_id(mb)
+        try:
+            found.count("Get-MailboxPermission")
+            rows = await session.exchange.get_mailbox_permissions(ident)
+            rrows: list[RecipientPermissionRow] = []
+            if send_as_trustees:
+                found.count("Get-RecipientPermission")
+                rrows = await session.exchange.get_recipient_permissions(ident)
+        except (AccessDeniedError, AuthError):
+            raise
+        except NotFoundError:
+            found.notes.append(f"{ident}: gone since the mailbox listing; nothing to report")
+            return
+        except EsjProvisionError as exc:
+            found.errors.append(f"{ident}: {exc.message}")
+            return
+        for t in trustees:
+            if not unlisted(mb, t):
+                continue
+            shown = _first_match(rows, t, Right.FULL_ACCESS)
+            if shown is not None:
+                found.grants.append(_grant(mb, t, Right.FULL_ACCESS, shown, listed_of[id(mb)]))
+            if t in send_as_trustees:
+                shown = _first_match(rrows, t, Right.SEND_AS)
+                if shown is not None:
+                    found.grants.append(_grant(mb, t, Right.SEND_AS, shown, listed_of[id(mb)]))
+        found.read_ok.add(ident.lower())
+
+    async def worker() -> None:
+        nonlocal done
+        while not queue.empty():
+            mb = queue.get_nowait()
+            await read(mb)
+            done += 1
+            if on_progress is not None:
+                on_progress(done, total)
+
+    tasks = [asyncio.ensure_future(worker()) for _ in range(max(1, min(concurrency, total or 1)))]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
