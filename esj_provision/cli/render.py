@@ -245,6 +245,8 @@ def audit_json(report: AuditReport) -> str:
     data: dict[str, Any] = {"summary": report.summary(), "rows": [r.to_dict() for r in report.rows]}
     if report.apps:
         data["apps"] = [a.to_dict() for a in report.apps]
+    if report.unlisted is not None:
+        data["unlisted"] = report.unlisted.to_dict()
     return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
 
 
@@ -254,6 +256,10 @@ def audit_csv(report: AuditReport) -> str:
     writer.writerow(AUDIT_COLUMNS)
     for r in report.rows:
         writer.writerow(_cells(r))
+    if report.unlisted is not None:
+        from ..fleet.unlisted import audit_csv_rows
+
+        writer.writerows(audit_csv_rows(report.unlisted))
     return buf.getvalue()
 
 
@@ -276,7 +282,11 @@ def audit_markdown(report: AuditReport) -> str:
         for a in report.apps:
             name = f"{a.display_name} ({a.app_id})" if a.display_name else a.app_id
             lines.append(f"| {esc(name)} | {a.status} | {esc('; '.join(a.wider + a.errors))} |")
-    return "\n".join(lines) + "\n"
+    if report.unlisted is not None:
+        from ..fleet.unlisted import markdown_section
+
+        lines += ["", *markdown_section(report.unlisted, "Grants outside the manifest")]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 def print_audit_table(report: AuditReport, *, file: TextIO | None = None) -> None:
@@ -302,6 +312,11 @@ def print_audit_table(report: AuditReport, *, file: TextIO | None = None) -> Non
             name = f"{a.display_name} ({a.app_id})" if a.display_name else a.app_id
             apps.add_row(name, f"[{app_style[a.status]}]{a.status}[/]", "; ".join(a.wider + a.errors))
         con.print(apps)
+    if report.unlisted is not None:
+        from .access import grants_table, print_discovery_notes
+
+        con.print(grants_table(report.unlisted, "Grants outside the manifest"))
+        print_discovery_notes(con, report.unlisted)
 
 
 def audit_table(report: AuditReport) -> str:
@@ -352,12 +367,17 @@ def print_bulk_summary(summary: BulkSummary, *, dry_run: bool) -> None:
 
 
 class Progress:
-    """A rich progress bar on stderr, only on a terminal (bulk, audit)."""
+    """A rich progress bar on stderr, only on a terminal (bulk, audit, the unlisted-grant search).
 
-    def __init__(self, total: int, *, enabled: bool, label: str = "bulk") -> None:
+    ``total`` rows advance one by one (:meth:`advance`); a search whose size is known only once its
+    listing came back reports ``done`` of ``total`` through :meth:`update`, as a second bar if rows
+    are counted too (rich allows one live display at a time, so both live in one)."""
+
+    def __init__(self, total: int | None, *, enabled: bool, label: str = "bulk") -> None:
         self.total, self.enabled, self.label = total, enabled, label
         self._progress: Any = None
         self._task: Any = None
+        self._searches: dict[str, Any] = {}
 
     def __enter__(self) -> Progress:
         if self.enabled:
@@ -365,19 +385,27 @@ class Progress:
             from rich.progress import Progress as RichProgress
 
             self._progress = RichProgress(
-                TextColumn(self.label),
+                TextColumn("{task.description}"),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TimeRemainingColumn(),
                 console=console(stderr=True, table=True),
             )
             self._progress.__enter__()
-            self._task = self._progress.add_task("rows", total=self.total)
+            if self.total is not None:
+                self._task = self._progress.add_task(self.label, total=self.total)
         return self
 
     def advance(self) -> None:
-        if self._progress is not None:
+        if self._progress is not None and self._task is not None:
             self._progress.advance(self._task)
+
+    def update(self, done: int, total: int, label: str = "mailboxes") -> None:
+        if self._progress is None:
+            return
+        if label not in self._searches:
+            self._searches[label] = self._progress.add_task(label, total=total)
+        self._progress.update(self._searches[label], completed=done, total=total)
 
     def __exit__(self, *exc: object) -> None:
         if self._progress is not None:

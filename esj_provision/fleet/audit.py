@@ -31,6 +31,7 @@ from .manifest import ManifestRow, rows
 if TYPE_CHECKING:
     from ..microsoft.graph import LookupResult
     from ..microsoft.session import Session
+    from .unlisted import Discovery
 
 # Findings that mean the tenant no longer matches what ESJ was set up for.
 DRIFT_CODES = {
@@ -103,6 +104,7 @@ class AuditRow:
 class AuditReport:
     rows: list[AuditRow] = field(default_factory=list)
     apps: list[AppAccess] = field(default_factory=list)  # ESJ apps: access wider than their mailboxes?
+    unlisted: Discovery | None = None  # --unlisted: the trustees' grants the manifest does not list
     elapsed_s: float = 0.0
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -116,9 +118,9 @@ class AuditReport:
     def exit_status(self) -> ExitStatus:
         """1 when any row or app could not be read (the audit is incomplete), else 3 on drift
         (an app with wider access included), else 0."""
-        if self.count("unknown") or self.count_apps("unknown"):
+        if self.count("unknown") or self.count_apps("unknown") or (self.unlisted and not self.unlisted.complete):
             return ExitStatus.ERROR
-        if self.count("drift") or self.count_apps("wider"):
+        if self.count("drift") or self.count_apps("wider") or (self.unlisted and self.unlisted.grants):
             return ExitStatus.DRIFT
         return ExitStatus.OK
 
@@ -135,6 +137,9 @@ class AuditReport:
             out["apps"] = len(self.apps)
             out["apps_wider"] = self.count_apps("wider")
             out["apps_unknown"] = self.count_apps("unknown")
+        if self.unlisted is not None:
+            out["unlisted_grants"] = len(self.unlisted.grants)
+            out["unlisted_complete"] = self.unlisted.complete
         return out
 
 
@@ -183,7 +188,11 @@ async def run_audit(
     concurrency: int,
     on_row: Callable[[AuditRow], None] | None = None,
     esj_apps: tuple[str, ...] = (),
+    unlisted_kinds: tuple[str, ...] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> AuditReport:
+    """With ``unlisted_kinds`` (``--unlisted``), also every grant of the manifest's trustees on
+    mailboxes of those kinds that the manifest does not list (:mod:`.unlisted`)."""
     started = time.monotonic()
     report = AuditReport()
     await warm_up(session)
@@ -220,6 +229,12 @@ async def run_audit(
     report.rows.sort(key=lambda r: r.line)
     for app_id in apps:
         report.apps.append(await app_access(session, app_id))
+    if unlisted_kinds is not None:
+        from .unlisted import find_unlisted
+
+        report.unlisted = await find_unlisted(
+            session, path, kinds=unlisted_kinds, concurrency=concurrency, on_progress=on_progress
+        )
     report.elapsed_s = time.monotonic() - started
     report.stats = session.stats()
     return report

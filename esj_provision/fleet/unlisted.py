@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import AccessDeniedError, AuthError, EsjProvisionError, NotFoundError
@@ -470,3 +471,120 @@ async def _read_mailboxes(
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points and reports
+# --------------------------------------------------------------------------------------------
+
+
+async def trustee_access(
+    session: Session,
+    trustee: str,
+    *,
+    kinds: tuple[str, ...] = (SHARED,),
+    concurrency: int = 8,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Discovery:
+    """``audit --trustee``: every mailbox of ``kinds`` the trustee can open or send as."""
+    trustees, _ = await resolve_trustees(session, [trustee], strict=True)
+    return await discover(session, trustees, Listing(), kinds=kinds, concurrency=concurrency, on_progress=on_progress)
+
+
+async def find_unlisted(
+    session: Session,
+    path: Path,
+    *,
+    kinds: tuple[str, ...] = (SHARED,),
+    concurrency: int = 8,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> Discovery:
+    """``audit MANIFEST --unlisted``: the manifest trustees' grants the manifest does not list.
+    A trustee that cannot be resolved is an error of the discovery (the row audit says why)."""
+    from .manifest import rows
+
+    listing = Listing(rows(path))
+    trustees, problems = await resolve_trustees(session, listing.trustee_refs(), strict=False)
+    found = await discover(session, trustees, listing, kinds=kinds, concurrency=concurrency, on_progress=on_progress)
+    found.errors[:0] = problems
+    return found
+
+
+def audit_csv_rows(found: Discovery) -> list[list[str]]:
+    """The unlisted pairs in the audit CSV's columns (line, mailbox, trustee, inbound, outbound,
+    full_access, send_as, status, drift, errors): no line, no protocols, status ``unlisted``."""
+    out = []
+    for row in pair_rows(found):
+        why = f"listed for {row['listed_for']}" if row["listed_for"] else "mailbox not in the manifest"
+        out.append(
+            ["", row["mailbox"], row["trustee"], "", "", row["full_access"], row["send_as"], "unlisted", why, ""]
+        )
+    out += [["", "", "", "", "", "", "", "unknown", "", e] for e in found.errors]
+    return out
+
+
+PAIR_COLUMNS = ("mailbox", "mailbox_kind", "trustee", "full_access", "send_as", "via", "shown_as", "listed_for")
+
+
+def pair_rows(found: Discovery) -> list[dict[str, str]]:
+    """One row per (mailbox, trustee): which of the two rights it holds, and how Exchange shows it."""
+    out = []
+    for mailbox, trustee, grants in found.by_pair():
+        rights = {g.right for g in grants}
+        out.append(
+            {
+                "mailbox": mailbox,
+                "mailbox_kind": grants[0].mailbox_kind,
+                "trustee": trustee,
+                "full_access": "present" if Right.FULL_ACCESS in rights else "-",
+                "send_as": "present" if Right.SEND_AS in rights else "-",
+                "via": grants[0].via,
+                "shown_as": "; ".join(dict.fromkeys(g.shown_as for g in grants)),
+                "listed_for": grants[0].listed_for or "",
+            }
+        )
+    return out
+
+
+def render_json(found: Discovery) -> str:
+    import json
+
+    return json.dumps(found.to_dict(), indent=2, ensure_ascii=False) + "\n"
+
+
+def render_csv(found: Discovery) -> str:
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(PAIR_COLUMNS)
+    for row in pair_rows(found):
+        writer.writerow([row[c] for c in PAIR_COLUMNS])
+    return buf.getvalue()
+
+
+def _esc(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_section(found: Discovery, title: str, level: str = "##") -> list[str]:
+    s = found.summary()
+    lines = [
+        f"{level} {title}",
+        "",
+        f"{s['grants']} grant(s) on {s['mailboxes_with_grants']} mailbox(es); {s['mailboxes_listed']} "
+        f"{'/'.join(found.kinds)} mailbox(es) in the tenant, {s['mailboxes_read']} read for Full Access."
+        + ("" if found.complete else " **Incomplete**: some reads failed (below)."),
+        "",
+        "| " + " | ".join(PAIR_COLUMNS) + " |",
+        "|" + "---|" * len(PAIR_COLUMNS),
+    ]
+    lines += ["| " + " | ".join(_esc(row[c]) for c in PAIR_COLUMNS) + " |" for row in pair_rows(found)]
+    lines += [""] + [f"- error: {_esc(e)}" for e in found.errors] + [f"- note: {_esc(n)}" for n in found.notes]
+    return lines
+
+
+def render_markdown(found: Discovery) -> str:
+    who = ", ".join(t.ref for t in found.trustees) or "(nobody)"
+    return "\n".join(markdown_section(found, f"What {who} can open or send as", level="#")).rstrip() + "\n"
