@@ -26,6 +26,18 @@ def bulk(
         help="CSV (or YAML) manifest: mailbox,trustee,inbound,outbound[,send_as,auto_response,esj_instance].",
     ),
     dry_run: bool = typer.Option(False, "--dry-run", help="The full plan for every row; no write call at all."),
+    prune: bool = typer.Option(
+        False,
+        "--prune",
+        help="Instead of onboarding: remove the manifest trustees' Full Access and Send As on mailboxes the "
+        "manifest does not list for them (and nothing else).",
+    ),
+    as_powershell: bool = typer.Option(
+        False, "--as-powershell", help="With --prune --dry-run: print the removals as Exchange Online PowerShell."
+    ),
+    include_user_mailboxes: bool = typer.Option(
+        False, "--include-user-mailboxes", help="With --prune: look at user mailboxes too, not only shared ones."
+    ),
     journal: Path | None = typer.Option(
         None,
         "--journal",
@@ -75,8 +87,10 @@ def bulk(
 ) -> None:
     """Onboard every mailbox of a manifest: validated first, then concurrent, resumable, journalled.
 
-    Exit status 0 when every row succeeded, 4 when some failed (listed; with --probe, also a failed probe), 5 with
-    --probe when only grants Exchange has not applied yet remain, 1 when the run could not start.
+    With --prune, instead remove the manifest trustees' grants on mailboxes it does not list for them
+    (--dry-run and --as-powershell to review first). Exit status 0 when every row (or removal)
+    succeeded, 4 when some failed (listed; with --probe, also a failed probe), 5 with --probe when
+    only grants Exchange has not applied yet remain, 1 when the run could not start.
     """
     from ..fleet import manifest as manifest_mod
 
@@ -87,7 +101,18 @@ def bulk(
     fmt_key = fmt.strip().lower()
     if fmt_key not in ("table", "json"):
         raise UsageError(f"unknown format {fmt!r}", hint="choose one of: table, json")
+    if as_powershell and not (prune and dry_run):
+        raise UsageError("--as-powershell goes with --prune --dry-run", hint="review the removals first, then run them")
+    if include_user_mailboxes and not prune:
+        raise UsageError("--include-user-mailboxes goes with --prune")
     info = manifest_mod.validate(manifest)  # before any call to Microsoft, and before writing anything
+    if prune:
+        from .prune import prune_command
+
+        kinds = ("SharedMailbox", "UserMailbox") if include_user_mailboxes else ("SharedMailbox",)
+        setup_logging(verbose)
+        prune_command(connection_settings(locals()), info, dry_run, as_powershell, journal, concurrency, kinds, fmt_key)
+        return  # a prune onboards nothing: EWS rows are only listed rows to it
     ews_note = ews_rows_warning(info.path)  # from 1 April 2027 EWS rows are refused here (exit 2)
     profile_obj = None
     if profile_path is not None:
