@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import AccessDeniedError, AuthError, EsjProvisionError, NotFoundError
 from ..microsoft.exchange import holds
-from ..models import ExchangeMailbox, PermissionRow, RecipientPermissionRow, Right, is_guid
+from ..models import ExchangeMailbox, PermissionRow, RecipientPermissionRow, Right, SendAsGrant, is_guid
 
 if TYPE_CHECKING:
     from ..microsoft.session import Session
@@ -320,6 +320,7 @@ async def _send_as_listings(
             raise
         except EsjProvisionError as exc:
             return t, exc
+        _learn_sid(t, grants)
         return t, [(g.mailbox, g.trustee) for g in grants if holds([g.row], t.aliases, Right.SEND_AS.value)]
 
     out: dict[str, list[tuple[str, str]]] = {}
@@ -332,6 +333,16 @@ async def _send_as_listings(
         t.send_as_listed = True
         out[t.key] = result
     return out
+
+
+def _learn_sid(t: TrusteeRef, grants: list[SendAsGrant]) -> None:
+    """Exchange shows a principal it cannot resolve by its SID alone. The listing's rows that name
+    the trustee by its UPN or address carry its SID: that SID is the trustee too. (A display name
+    is not unique, so a row matched only by it teaches nothing.)"""
+    strong = {v.casefold() for v in (t.exchange_id, t.ref, getattr(t.user, "mail", None)) if v}
+    sids = {g.trustee_sid.casefold() for g in grants if g.trustee_sid and g.trustee.casefold() in strong}
+    if len(sids) == 1:
+        t.aliases = t.aliases | sids
 
 
 async def discover(
