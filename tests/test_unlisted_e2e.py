@@ -1,7 +1,8 @@
 """``audit --unlisted`` and ``audit --trustee`` end to end: the real CLI against the sandbox tenant.
 
-The tenant holds, besides what the manifest lists: grants the service account kept on mailboxes
-that left the manifest (Full Access and Send As, Full Access only, Send As only), a grant of the
+The tenant holds, besides what the manifest lists: the sample tenant's forgotten grant (returns@),
+an explicit Deny (legacy@) and a retired account's grant (billing@), then grants the service
+account kept on mailboxes that left the manifest (Full Access and Send As, Full Access only, Send As only), a grant of the
 ESJ app's service principal on a mailbox no longer listed, a Deny entry for the service account,
 another user's grants, the service account's Full Access on a *user* mailbox, and on every mailbox
 ``NT AUTHORITY\\SELF`` and the inherited administrator entries. The audit must report exactly the
@@ -44,6 +45,7 @@ MANIFEST = "\n".join(
 )
 # The unlisted grants the tenant holds: (mailbox, trustee as in the manifest) -> rights.
 UNLISTED = {
+    ("returns@contoso.com", SVC): {"FullAccess", "SendAs"},  # the sample tenant's forgotten grant
     ("billing@contoso.com", SVC): {"FullAccess", "SendAs"},
     (q(5), SVC): {"FullAccess"},
     (q(6), SVC): {"SendAs"},
@@ -131,8 +133,8 @@ def test_audit_unlisted_in_every_format(tenant: tuple[Sandbox, Path], tmp_path: 
     assert r.exit_code == 3
     assert "## Grants outside the manifest" in r.stdout
     section = r.stdout.split("## Grants outside the manifest", 1)[1]
-    assert {m for m, _ in UNLISTED} == {m for m in (q(5), q(6), q(9), "billing@contoso.com") if f"| {m} |" in section}
-    assert q(7) not in section and q(8) not in section
+    mailboxes = (q(5), q(6), q(7), q(8), q(9), "billing@contoso.com", "returns@contoso.com", "legacy@contoso.com")
+    assert {m for m, _ in UNLISTED} == {m for m in mailboxes if f"| {m} |" in section}
 
     out = tmp_path / "report.txt"
     r = cli(sb, "audit", str(manifest), "--unlisted", "--out", str(out))
