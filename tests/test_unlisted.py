@@ -131,9 +131,9 @@ def row(mailbox: str, trustee: str = "esj-svc@contoso.com", line: int = 2) -> Ma
 
 def run(session: FakeSession, listing: Listing, refs: list[str]) -> Any:
     async def go() -> Any:
-        trustees, problems = await resolve_trustees(session, refs, strict=False)  # type: ignore[arg-type]
-        assert problems == []
-        return await discover(session, trustees, listing, concurrency=3)  # type: ignore[arg-type]
+        trustees = await resolve_trustees(session, refs, strict=False)  # type: ignore[arg-type]
+        assert trustees.errors == trustees.notes == []
+        return await discover(session, trustees.found, listing, concurrency=3)  # type: ignore[arg-type]
 
     return asyncio.run(go())
 
@@ -200,6 +200,14 @@ def test_a_mailbox_listed_for_another_trustee_is_unlisted_for_this_one() -> None
     assert {g.listed_for for g in billing} == {"adele@contoso.com"}
 
 
+def test_a_mailbox_named_twice_in_a_manifest_is_listed_for_both_trustees() -> None:
+    # billing by its address for Adele, and by its onmicrosoft.com address for the service account.
+    listing = Listing([row("billing@contoso.com", "adele@contoso.com", 2),
+                       row("billing@contoso.onmicrosoft.com", "esj-svc@contoso.com", 3)])  # fmt: skip
+    found = run(FakeSession(), listing, ["esj-svc@contoso.com"])
+    assert not any(g.mailbox.startswith("billing") for g in found.grants)
+
+
 def test_two_spellings_of_one_account_are_one_trustee() -> None:
     listing = Listing([row("support@contoso.com"), row("billing@contoso.com", "esj-svc@contoso.onmicrosoft.com", 3)])
     found = run(FakeSession(), listing, listing.trustee_refs())
@@ -230,5 +238,9 @@ def test_a_manifest_address_that_is_no_proxy_address_is_matched_by_object_id(tmp
 def test_an_unknown_trustee_is_refused_for_audit_trustee() -> None:
     with pytest.raises(NotFoundError):
         asyncio.run(resolve_trustees(FakeSession(), ["nobody@contoso.com"], strict=True))  # type: ignore[arg-type]
-    trustees, problems = asyncio.run(resolve_trustees(FakeSession(), ["nobody@contoso.com"], strict=False))  # type: ignore[arg-type]
-    assert trustees == [] and "nobody@contoso.com" in problems[0]
+    trustees = asyncio.run(resolve_trustees(FakeSession(), ["nobody@contoso.com"], strict=False))  # type: ignore[arg-type]
+    assert trustees.found == [] and trustees.errors == [] and "nobody@contoso.com" in trustees.notes[0]
+    session = FakeSession()
+    session.graph.broken = {"esj-svc@contoso.com"}
+    trustees = asyncio.run(resolve_trustees(session, ["esj-svc@contoso.com"], strict=False))  # type: ignore[arg-type]
+    assert trustees.found == [] and "esj-svc@contoso.com" in trustees.errors[0]

@@ -116,15 +116,17 @@ async def run_prune(
     started = time.monotonic()
     await warm_up(session)
     listing = Listing(manifest_mod.rows(path))
-    trustees, problems = await resolve_trustees(session, listing.trustee_refs(), strict=False)
+    resolved = await resolve_trustees(session, listing.trustee_refs(), strict=False)
+    trustees = resolved.found
     by_key = {t.key: t for t in trustees}
-    report = PruneReport(Discovery(), dry_run=dry_run, warnings=list(problems))
+    report = PruneReport(Discovery(), dry_run=dry_run, warnings=list(resolved.notes))
     if not dry_run:
         # First what a killed run left in flight, so that what is read next is what it left.
         await _reconcile(session, journal, by_key, report)
     found = report.discovery = await discover(
         session, trustees, listing, kinds=kinds, concurrency=concurrency, on_progress=on_progress
     )
+    found.errors[:0] = resolved.errors  # a trustee not read: its grants are unknown, the run incomplete
     if listing.unresolved:
         raise ServiceError(
             f"cannot tell which Exchange mailbox manifest address(es) {', '.join(listing.unresolved)} are: "

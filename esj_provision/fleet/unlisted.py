@@ -158,22 +158,27 @@ def _grant_order(g: Grant) -> tuple[str, str, str]:
 # --------------------------------------------------------------------------------------------
 
 
-async def resolve_trustees(
-    session: Session, refs: Iterable[str], *, strict: bool
-) -> tuple[list[TrusteeRef], list[str]]:
+@dataclass
+class Trustees:
+    found: list[TrusteeRef] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # could not be read: their grants are unknown
+    notes: list[str] = field(default_factory=list)  # gone: nothing to look for
+
+
+async def resolve_trustees(session: Session, refs: Iterable[str], *, strict: bool) -> Trustees:
     """Each distinct trustee, with what Exchange calls it and how rows may show it.
 
-    ``strict`` (``audit --trustee``): a trustee that does not exist is an error raised at once.
-    Otherwise (a manifest's trustees) it is an entry of the returned problems and is skipped: the
-    row audit already reports "trustee gone", and a trustee that is gone can be given no name to
-    remove a grant with.
+    ``strict`` (``audit --trustee``): a trustee that does not exist or cannot be read is an error
+    raised at once. Otherwise (a manifest's trustees) a trustee that is gone is a note (the row
+    audit reports "trustee gone"; Exchange shows a deleted principal's entries by SID only, and no
+    removal could name it), and one that could not be read an error: its grants are unknown.
     """
     from ..provision.esj_app import AppLookupError, cached_app
 
     distinct = list(dict.fromkeys(r.strip() for r in refs if r and r.strip()))
     users = [r for r in distinct if not is_guid(r)]
     apps = [r.lower() for r in distinct if is_guid(r)]
-    problems: list[str] = []
+    result_set = Trustees()
     out: dict[str, TrusteeRef] = {}
     found = await session.graph.lookup_many(users, with_purpose=False) if users else {}
     for ref in users:
@@ -184,7 +189,10 @@ async def resolve_trustees(
                 if err is None or isinstance(err, NotFoundError):
                     raise NotFoundError(f"account {ref} was not found in the tenant", hint="check the address")
                 raise err
-            problems.append(f"trustee {ref}: {err.message if err else 'not found'}; its grants were not looked for")
+            if err is None or isinstance(err, NotFoundError):
+                result_set.notes.append(f"trustee {ref} was not found in the tenant: it holds nothing by name")
+            else:
+                result_set.errors.append(f"trustee {ref}: {err.message}; its grants were not looked for")
             continue
         user = result.user
         aliases = {v.lower() for v in (ref, user.user_principal_name, user.mail, user.id, user.display_name) if v}
@@ -198,19 +206,20 @@ async def resolve_trustees(
         except (AppLookupError, EsjProvisionError) as exc:
             if strict:
                 raise
-            problems.append(f"ESJ app {ref}: {exc.message}; its grants were not looked for")
+            result_set.errors.append(f"ESJ app {ref}: {exc.message}; its grants were not looked for")
             continue
         if ident.sp is None:
             msg = f"ESJ app {ref} has no enterprise application (service principal) in this tenant"
             if strict:
                 raise NotFoundError(msg, hint="check the client id")
-            problems.append(msg + "; it holds nothing in Exchange")
+            result_set.notes.append(msg + ": it holds nothing in Exchange")
             continue
         t = TrusteeRef(
             ref, "app", ident.exchange_identity, frozenset(ident.aliases()), registered=ident.exo is not None, app=ident
         )
         _merge(out, t)
-    return list(out.values()), problems
+    result_set.found = list(out.values())
+    return result_set
 
 
 def _merge(out: dict[str, TrusteeRef], t: TrusteeRef) -> None:
@@ -268,15 +277,14 @@ class Listing:
                 # Not "gone": unreadable. Which mailbox it is stays unknown.
                 self.unresolved.append(address)
 
-    def listed_trustee(self, mb: ExchangeMailbox) -> str | None:
-        """The manifest's trustee for this mailbox, or None when the manifest does not list it."""
-        for k in _mailbox_keys(mb):
-            if k in self.trustee_of:
-                return self.trustee_of[k]
+    def listed_trustees(self, mb: ExchangeMailbox) -> tuple[str, ...]:
+        """The manifest's trustees for this mailbox (none when the manifest does not list it). More
+        than one when the manifest names the mailbox twice, by two of its addresses."""
+        addresses = [k for k in _mailbox_keys(mb) if k in self.trustee_of]
         oid = (mb.external_directory_object_id or "").casefold()
         if oid and oid in self._by_object_id:
-            return self.trustee_of[self._by_object_id[oid]]
-        return None
+            addresses.append(self._by_object_id[oid])
+        return tuple(dict.fromkeys(self.trustee_of[a] for a in sorted(addresses)))
 
 
 def _mailbox_keys(mb: ExchangeMailbox) -> set[str]:
@@ -345,6 +353,39 @@ def _learn_sid(t: TrusteeRef, grants: list[SendAsGrant]) -> None:
         t.aliases = t.aliases | sids
 
 
+class _Scope:
+    """The mailboxes looked at, and for each what the manifest lists there."""
+
+    def __init__(self, mailboxes: list[ExchangeMailbox], listing: Listing) -> None:
+        self.mailboxes = mailboxes
+        self._listed = {id(mb): listing.listed_trustees(mb) for mb in mailboxes}
+        # Send As rows name the recipient by its Identity (Exchange's Name, as Get-Mailbox's
+        # Identity; unconfirmed that the two always agree), so every name a mailbox has leads to it.
+        self._by_name: dict[str, ExchangeMailbox | None] = {}
+        for mb in mailboxes:
+            names = {mb.identity.casefold(), *_mailbox_keys(mb)}
+            if mb.external_directory_object_id:
+                names.add(mb.external_directory_object_id.casefold())
+            for k in names - {""}:
+                # A name two mailboxes share is ambiguous: never guess which one.
+                self._by_name[k] = None if k in self._by_name and self._by_name[k] is not mb else mb
+
+    def unlisted(self, mb: ExchangeMailbox, t: TrusteeRef) -> bool:
+        return not any(t.names(ref) for ref in self._listed[id(mb)])
+
+    def listed_for(self, mb: ExchangeMailbox) -> str | None:
+        return "; ".join(self._listed[id(mb)]) or None
+
+    def recipient(self, identity: str) -> tuple[bool, ExchangeMailbox | None]:
+        """(known, mailbox): unknown outside the listing; known but None when ambiguous."""
+        key = identity.casefold()
+        return key in self._by_name, self._by_name.get(key)
+
+    def grant(self, mb: ExchangeMailbox, t: TrusteeRef, right: Right, shown: str) -> Grant:
+        return Grant(_mailbox_id(mb), mb.recipient_type_details, t.ref, t.kind, t.exchange_id, right, shown,
+                     listed_for=self.listed_for(mb))  # fmt: skip
+
+
 async def discover(
     session: Session,
     trustees: list[TrusteeRef],
@@ -368,60 +409,46 @@ async def discover(
     )
     found.mailboxes_listed = len(mailboxes)
     await listing.resolve(session, mailboxes)
-    if listing.unresolved:
-        found.errors += [f"manifest mailbox {a}: could not be resolved in Graph" for a in listing.unresolved]
-    by_identity: dict[str, ExchangeMailbox | None] = {}
-    for mb in mailboxes:
-        k = mb.identity.casefold()
-        by_identity[k] = None if k in by_identity else mb  # a name twice is ambiguous: no guessing
-    listed_of = {id(mb): listing.listed_trustee(mb) for mb in mailboxes}
-
-    def unlisted(mb: ExchangeMailbox, t: TrusteeRef) -> bool:
-        listed = listed_of[id(mb)]
-        return listed is None or not t.names(listed)
-
-    # Send As, from the listings.
-    outside: list[str] = []
-    for t in active:
-        for identity, shown in send_as.get(t.key, []):
-            key = identity.casefold()
-            target = by_identity.get(key)
-            if key not in by_identity:
-                outside.append(f"{identity} ({t.ref})")
-            elif target is None:
-                found.errors.append(f"Send As of {t.ref} on {identity}: more than one mailbox has that name")
-            elif unlisted(target, t):
-                found.grants.append(_grant(target, t, Right.SEND_AS, shown, listed_of[id(target)]))
-    if outside:
-        found.notes.append(
-            f"{len(outside)} Send As grant(s) on recipients outside the {'/'.join(kinds)} listing, not reported: "
-            + ", ".join(sorted(outside)[:20])
-            + (" ..." if len(outside) > 20 else "")
-        )
-
-    # Full Access (and Send As of trustees without a listing), per mailbox.
-    per_mailbox_send_as = [t for t in active if not t.send_as_listed]
-    to_read = [mb for mb in mailboxes if any(unlisted(mb, t) for t in active)]
+    found.errors += [f"manifest mailbox {a}: could not be resolved in Graph" for a in listing.unresolved]
+    scope = _Scope(mailboxes, listing)
+    _send_as_grants(scope, active, send_as, found)
+    # Full Access (and Send As of trustees without a listing), per mailbox that can hold an
+    # unlisted grant of some trustee.
+    to_read = [mb for mb in mailboxes if any(scope.unlisted(mb, t) for t in active)]
     found.mailboxes_read = len(to_read)
-    await _read_mailboxes(session, to_read, active, per_mailbox_send_as, found, listed_of, unlisted,
-                          concurrency=concurrency, on_progress=on_progress)  # fmt: skip
+    await _read_mailboxes(session, scope, to_read, active, found, concurrency=concurrency, on_progress=on_progress)
     found.grants.sort(key=_grant_order)
     return found
 
 
-def _grant(mb: ExchangeMailbox, t: TrusteeRef, right: Right, shown: str, listed_for: str | None) -> Grant:
-    return Grant(_mailbox_id(mb), mb.recipient_type_details, t.ref, t.kind, t.exchange_id, right, shown,
-                 listed_for=listed_for)  # fmt: skip
+def _send_as_grants(
+    scope: _Scope, trustees: list[TrusteeRef], send_as: dict[str, list[tuple[str, str]]], found: Discovery
+) -> None:
+    """The listings' Send As grants on unlisted mailboxes of the scope; those on other recipients
+    (a distribution group, a mailbox kind not looked at) are named in a note."""
+    outside: list[str] = []
+    for t in trustees:
+        for identity, shown in send_as.get(t.key, []):
+            known, mb = scope.recipient(identity)
+            if not known:
+                outside.append(f"{identity} ({t.ref})")
+            elif mb is None:
+                found.errors.append(f"Send As of {t.ref} on {identity}: more than one mailbox has that name")
+            elif scope.unlisted(mb, t):
+                found.grants.append(scope.grant(mb, t, Right.SEND_AS, shown))
+    if outside:
+        found.notes.append(
+            f"{len(outside)} Send As grant(s) on recipients outside the {'/'.join(found.kinds)} listing, not "
+            "reported: " + ", ".join(sorted(outside)[:20]) + (" ..." if len(outside) > 20 else "")
+        )
 
 
 async def _read_mailboxes(
     session: Session,
+    scope: _Scope,
     mailboxes: list[ExchangeMailbox],
     trustees: list[TrusteeRef],
-    send_as_trustees: list[TrusteeRef],
     found: Discovery,
-    listed_of: dict[int, str | None],
-    unlisted: Callable[[ExchangeMailbox, TrusteeRef], bool],
     *,
     concurrency: int,
     on_progress: Callable[[int, int], None] | None,
@@ -429,6 +456,7 @@ async def _read_mailboxes(
     """One Get-MailboxPermission per mailbox (every row: one call serves every trustee), plus one
     Get-RecipientPermission where some trustee's Send As listing failed; ``concurrency`` at once,
     paced by the transport like every bulk read."""
+    send_as_trustees = [t for t in trustees if not t.send_as_listed]
     queue: asyncio.Queue[ExchangeMailbox] = asyncio.Queue()
     for mb in mailboxes:
         queue.put_nowait(mb)
@@ -455,15 +483,15 @@ async def _read_mailboxes(
             found.errors.append(f"{ident}: {exc.message}")
             return
         for t in trustees:
-            if not unlisted(mb, t):
+            if not scope.unlisted(mb, t):
                 continue
             shown = _first_match(rows, t, Right.FULL_ACCESS)
             if shown is not None:
-                found.grants.append(_grant(mb, t, Right.FULL_ACCESS, shown, listed_of[id(mb)]))
+                found.grants.append(scope.grant(mb, t, Right.FULL_ACCESS, shown))
             if t in send_as_trustees:
                 shown = _first_match(rrows, t, Right.SEND_AS)
                 if shown is not None:
-                    found.grants.append(_grant(mb, t, Right.SEND_AS, shown, listed_of[id(mb)]))
+                    found.grants.append(scope.grant(mb, t, Right.SEND_AS, shown))
         found.read_ok.add(ident.lower())
 
     async def worker() -> None:
@@ -498,8 +526,10 @@ async def trustee_access(
     on_progress: Callable[[int, int], None] | None = None,
 ) -> Discovery:
     """``audit --trustee``: every mailbox of ``kinds`` the trustee can open or send as."""
-    trustees, _ = await resolve_trustees(session, [trustee], strict=True)
-    return await discover(session, trustees, Listing(), kinds=kinds, concurrency=concurrency, on_progress=on_progress)
+    trustees = await resolve_trustees(session, [trustee], strict=True)
+    return await discover(
+        session, trustees.found, Listing(), kinds=kinds, concurrency=concurrency, on_progress=on_progress
+    )
 
 
 async def find_unlisted(
@@ -515,9 +545,12 @@ async def find_unlisted(
     from .manifest import rows
 
     listing = Listing(rows(path))
-    trustees, problems = await resolve_trustees(session, listing.trustee_refs(), strict=False)
-    found = await discover(session, trustees, listing, kinds=kinds, concurrency=concurrency, on_progress=on_progress)
-    found.errors[:0] = problems
+    trustees = await resolve_trustees(session, listing.trustee_refs(), strict=False)
+    found = await discover(
+        session, trustees.found, listing, kinds=kinds, concurrency=concurrency, on_progress=on_progress
+    )
+    found.errors[:0] = trustees.errors
+    found.notes[:0] = trustees.notes
     return found
 
 
