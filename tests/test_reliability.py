@@ -489,6 +489,9 @@ OPTIONS: dict[str, list[tuple[str, st.SearchStrategy[str] | None]]] = {
         ("-f", FORMATS),
         ("--profile", PATHS),
         ("--esj-client-id", GUIDS),
+        ("--prune", None),
+        ("--as-powershell", None),
+        ("--include-user-mailboxes", None),
     ],
     "audit": [
         ("--format", FORMATS),
@@ -496,6 +499,9 @@ OPTIONS: dict[str, list[tuple[str, st.SearchStrategy[str] | None]]] = {
         ("-o", PATHS),
         ("--concurrency", NUMBERS),
         ("--esj-app", GUIDS),
+        ("--unlisted", None),
+        ("--trustee", st.one_of(ADDRESSES, GUIDS)),
+        ("--include-user-mailboxes", None),
     ],
     "onboard": [
         ("--trustee", ADDRESSES),
@@ -603,6 +609,8 @@ LIVE_OPTIONS: dict[str, list[tuple[str, st.SearchStrategy[str] | None]]] = {
         ("--profile", LIVE_PATHS),
         ("--verbose", None),
         ("--esj-client-id", GUIDS),
+        ("--prune", None),  # always with --dry-run here
+        ("--as-powershell", None),
     ],
     "audit": [
         ("--format", st.sampled_from(["table", "json", "csv", "markdown", "cfg"])),
@@ -610,6 +618,8 @@ LIVE_OPTIONS: dict[str, list[tuple[str, st.SearchStrategy[str] | None]]] = {
         ("--concurrency", st.sampled_from(["1", "3", "64"])),
         ("--esj-app", GUIDS),
         ("-v", None),
+        ("--unlisted", None),
+        ("--include-user-mailboxes", None),
     ],
 }
 
