@@ -250,3 +250,40 @@ def test_killed_prunes_resume_removing_nothing_twice_or_wrongly(tmp_path: Path) 
                                text=True, timeout=120)  # fmt: skip
         assert again.returncode == 0 and json.loads(again.stdout.splitlines()[-1])["summary"]["unlisted_grants"] == 0
         assert not [c for c in sb.calls(since=seq) if c.get("cmdlet") in WRITES]
+
+
+def test_an_esj_apps_unlisted_grant_is_removed_through_its_service_principal(make_sandbox: Any, tmp_path: Path) -> None:
+    """ESJ signed in as its app on queue0009, which left ESJ; the manifest still lists the app on
+    queue0010: the app's Full Access on queue0009 goes, named by its Exchange service principal."""
+    from esj_provision.sandbox import ESJ_APP_ID
+
+    sb, _ = make_sandbox(mailboxes=12)
+    setup = CliRunner().invoke(
+        app,
+        ["onboard", q(9), "--trustee-app", ESJ_APP_ID, "--inbound", "graph", "--outbound", "graph", "--format", "json"],
+        env={**sb.env, "ESJ_PROVISION_JOURNAL": str(tmp_path / "setup.jsonl")},
+    )
+    assert setup.exit_code == 0, setup.stdout + setup.stderr
+    (tmp_path / "m.csv").write_text(f"mailbox,trustee,inbound,outbound\n{q(10)},{ESJ_APP_ID},graph,graph\n")
+    t = Tenant.from_json(sb.state())
+    sp = t.exo_sps[0]
+    assert any(a.sid == sp.sid for a in t.mailbox_permissions[t.find_recipient(q(9)).id])  # type: ignore[union-attr]
+
+    r = prune(sb, tmp_path, "--dry-run", "--as-powershell")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    assert f"Remove-MailboxPermission -Identity '{q(9)}' -User '{sp.object_id}' -AccessRights FullAccess" in r.stdout
+    assert "Remove-RecipientPermission" not in r.stdout and "returns@" not in r.stdout  # not the account's grant
+
+    keep = untouchable(sb)
+    r = prune(sb, tmp_path, "--format", "json")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    removals, _ = json_lines(r)
+    assert [(x["mailbox"], x["trustee"], x["right"], x["outcome"]) for x in removals] == [
+        (q(9), ESJ_APP_ID, "FullAccess", "removed")
+    ]
+    t = Tenant.from_json(sb.state())
+    assert not any(a.sid == sp.sid for a in t.mailbox_permissions.get(t.find_recipient(q(9)).id, []))  # type: ignore[union-attr]
+    # Everything else stays, the service account's returns@ grant included: it is no trustee of this manifest.
+    keep["others"] = [x for x in keep["others"] if x[1] != sp.sid]
+    assert untouchable(sb) == keep
+    assert ("returns@contoso.com", "FullAccess", SVC_UPN) in tenant_delegations(sb)
