@@ -23,9 +23,10 @@ pair is *listed* when the manifest's row for that mailbox names that trustee; an
 trustee holds is unlisted, including a mailbox the manifest lists for another trustee (ESJ moved
 it from the service account to its app, say, and the account kept its grant).
 
-Exchange names a group in a permission row, not its members, and expands no membership for
-``-Trustee``: a trustee's access *through* a group is therefore not seen here; every grant found is
-``direct``, and the row's principal is shown as Exchange wrote it.
+Exchange's permission rows name a group, not its members, and nothing here expands group
+membership (Microsoft does not document that ``-Trustee`` does): a trustee's access *through* a
+group is therefore not seen; every grant found is ``direct``, and the row's principal is shown as
+Exchange wrote it.
 """
 
 from __future__ import annotations
