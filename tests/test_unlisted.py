@@ -244,3 +244,21 @@ def test_an_unknown_trustee_is_refused_for_audit_trustee() -> None:
     session.graph.broken = {"esj-svc@contoso.com"}
     trustees = asyncio.run(resolve_trustees(session, ["esj-svc@contoso.com"], strict=False))  # type: ignore[arg-type]
     assert trustees.found == [] and "esj-svc@contoso.com" in trustees.errors[0]
+
+
+def test_a_trustee_that_may_have_sid_history_gets_its_send_as_read_per_mailbox() -> None:
+    """-Trustee matches one SID: for an account synced from on-premises (possible SID history) the
+    organisation-wide listing could miss grants, so Send As is read per mailbox instead."""
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class SyncedUser(DirectoryUser):
+        on_premises_sync_enabled: bool | None = True
+
+    session = FakeSession()
+    synced = SyncedUser(SVC.id, SVC.user_principal_name, SVC.mail, SVC.display_name, True)
+    session.graph.users = {"esj-svc@contoso.com": synced}
+    found = run(session, Listing([row("support@contoso.com")]), ["esj-svc@contoso.com"])
+    assert ("Get-RecipientPermission", SVC.user_principal_name) not in session.exchange.calls
+    assert ("billing", "SendAs") in found_set(found)
+    assert any("SID history" in n for n in found.notes)

@@ -333,7 +333,16 @@ async def _send_as_listings(
         return t, [(g.mailbox, g.trustee) for g in grants if holds([g.row], t.aliases, Right.SEND_AS.value)]
 
     out: dict[str, list[tuple[str, str]]] = {}
-    for t, result in await asyncio.gather(*(one(t) for t in trustees if t.registered)):
+    listable = []
+    for t in trustees:
+        if t.registered and _may_have_sid_history(t):
+            found.notes.append(
+                f"Send As of {t.ref}: read per mailbox (the account is synced from an on-premises directory and "
+                "may have SID history, which the organisation-wide listing does not match)"
+            )
+        elif t.registered:
+            listable.append(t)
+    for t, result in await asyncio.gather(*(one(t) for t in listable)):
         if isinstance(result, EsjProvisionError):
             found.notes.append(
                 f"Send As of {t.ref}: the organisation-wide listing failed ({result.message}); read per mailbox instead"
@@ -342,6 +351,14 @@ async def _send_as_listings(
         t.send_as_listed = True
         out[t.key] = result
     return out
+
+
+def _may_have_sid_history(t: TrusteeRef) -> bool:
+    """``Get-RecipientPermission -Trustee`` matches one SID: Microsoft notes that a trustee with SID
+    history can be missed. Only an account synced from an on-premises directory can have one
+    (Graph ``onPremisesSyncEnabled`` not null). DirectoryUser carries that field once the bulk
+    listings (issue 14) read it; until then this reads None and the listing is used."""
+    return t.kind == "user" and getattr(t.user, "on_premises_sync_enabled", None) is not None
 
 
 def _learn_sid(t: TrusteeRef, grants: list[SendAsGrant]) -> None:
