@@ -375,6 +375,14 @@ def test_every_tenant_command_keeps_every_secret_and_token_to_itself(
     h.run("offboard", mailbox, "--trustee", TRUSTEE, auth=auth)
     h.run("offboard", mailbox, "--trustee-app", sb.esj_app_id, "-f", "json", auth=auth)
 
+    # Grants outside the manifest: found, listed per trustee, pruned (journalled).
+    for fmt in ("table", "json", "csv", "markdown"):
+        h.run("audit", str(manifest), "--unlisted", "-f", fmt, "-v", auth=auth, expect=(0, 3))
+    h.run("audit", "--trustee", TRUSTEE, "-f", "json", "-v", auth=auth)
+    h.run("audit", "--trustee", sb.esj_app_id, auth=auth)
+    h.run("bulk", str(manifest), "--prune", "--dry-run", "--as-powershell", "-v", auth=auth)
+    h.run("bulk", str(manifest), "--prune", "-f", "json", "-v", auth=auth)
+
     written = {p.relative_to(h.work).as_posix() for p in h.work.rglob("*") if p.is_file()}
     assert {"journal.jsonl", "onboard.cfg", "audit.csv", "audit.table", "bulk-out/results.jsonl"} <= written, written
     assert any(p.startswith("esj-provision-out/") for p in written), written
