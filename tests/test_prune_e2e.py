@@ -287,3 +287,30 @@ def test_an_esj_apps_unlisted_grant_is_removed_through_its_service_principal(mak
     keep["others"] = [x for x in keep["others"] if x[1] != sp.sid]
     assert untouchable(sb) == keep
     assert ("returns@contoso.com", "FullAccess", SVC_UPN) in tenant_delegations(sb)
+
+
+def test_a_grant_exchange_will_not_remove_is_a_failure_never_done(make_sandbox: Any, tmp_path: Path) -> None:
+    """An entry made with another inheritance type than the removal names: Exchange answers "the ACE
+    doesn't exist", the grant stays. Read back, it is reported (and journalled) as failed, exit 4."""
+    from sandbox_fixtures import SandboxClient
+
+    sb, _ = make_sandbox(mailboxes=8)
+    (tmp_path / "m.csv").write_text(f"mailbox,trustee,inbound,outbound\n{q(1)},{SVC},imap,ews\n")
+    client = SandboxClient(sb)
+    try:
+        r0 = client.invoke("Add-MailboxPermission", {"Identity": q(5), "User": SVC, "AccessRights": ["FullAccess"],
+                                                     "InheritanceType": "SelfAndChildren", "AutoMapping": False})  # fmt: skip
+        assert r0.status_code == 200, r0.text
+    finally:
+        client.close()
+    r = prune(sb, tmp_path, "--format", "json")
+    assert r.exit_code == 4, r.stdout + r.stderr
+    removals, summary = json_lines(r)
+    assert summary["failed"] == 1
+    outcome = {(x["mailbox"], x["right"]): x for x in removals}
+    assert outcome[(q(5), "FullAccess")]["outcome"] == "failed"
+    assert "still there" in outcome[(q(5), "FullAccess")]["error"]
+    assert outcome[("returns@contoso.com", "FullAccess")]["outcome"] == "removed"  # the others go on
+    assert (q(5), "FullAccess", SVC_UPN) in tenant_delegations(sb)
+    records = list(read_journal(tmp_path / "journal.jsonl"))
+    assert any(x["event"] == "verified" and x["mailbox"] == q(5) and x["outcome"] == "failed" for x in records)

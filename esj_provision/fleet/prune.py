@@ -158,7 +158,8 @@ async def run_prune(
 async def _remove(session: Session, plan: Plan, journal: Journal) -> None:
     """The offboarding write loop for the pair, then a read-back of every right. "The ACE doesn't
     exist" for a grant just read as present (an entry with another inheritance type than the one
-    removed, say) must not pass for done: it is read again, and a grant still there is a failure."""
+    removed, say) must not pass for done: it is read again, and a grant still there is a failure,
+    journalled as such after Exchange's answer."""
     await apply(session, plan, journal)
     await verify(session, plan)
     for d in plan.delegations:
@@ -168,9 +169,16 @@ async def _remove(session: Session, plan: Plan, journal: Journal) -> None:
         d.verified = state
         if state is State.PRESENT:
             d.outcome = "failed"
-            d.error = "Exchange answered that the entry does not exist, but the grant is still there"
+            d.error = (
+                "Exchange answered that the entry does not exist, but the grant is still there (an entry "
+                "with another inheritance type?); remove it in Exchange Online PowerShell"
+            )
         elif state is State.UNKNOWN:
             d.outcome, d.error = "unknown", error
+        else:
+            continue
+        entry = Entry(d.op, plan.mailbox_id, plan.trustee_id)
+        journal.event("verified", entry, outcome=d.outcome, error=d.error)
 
 
 async def _reconcile(session: Session, journal: Journal, trustees: dict[str, TrusteeRef], report: PruneReport) -> None:
