@@ -314,3 +314,4 @@ def test_a_grant_exchange_will_not_remove_is_a_failure_never_done(make_sandbox: 
     assert (q(5), "FullAccess", SVC_UPN) in tenant_delegations(sb)
     records = list(read_journal(tmp_path / "journal.jsonl"))
     assert any(x["event"] == "verified" and x["mailbox"] == q(5) and x["outcome"] == "failed" for x in records)
+

@@ -262,3 +262,27 @@ def test_a_trustee_that_may_have_sid_history_gets_its_send_as_read_per_mailbox()
     assert ("Get-RecipientPermission", SVC.user_principal_name) not in session.exchange.calls
     assert ("billing", "SendAs") in found_set(found)
     assert any("SID history" in n for n in found.notes)
+
+
+def test_prune_stops_before_any_removal_when_a_manifest_mailbox_cannot_be_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gone@ matches no proxy address and Graph fails on it: which mailbox it is stays unknown, so
+    bulk --prune removes nothing at all (the stand-in has no write cmdlet: any write would raise)."""
+    from esj_provision.fleet import prune as prune_mod
+    from esj_provision.provision.journal import Journal
+
+    async def no_warm_up(session: Any) -> None:
+        return None
+
+    monkeypatch.setattr(prune_mod, "warm_up", no_warm_up)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("mailbox,trustee,inbound,outbound\nsupport@contoso.com,esj-svc@contoso.com,imap,ews\n"
+                        "gone@contoso.com,esj-svc@contoso.com,imap,ews\n")  # fmt: skip
+    session = FakeSession()
+    session.graph.broken = {"gone@contoso.com"}
+    journal = Journal(tmp_path / "journal.jsonl")
+    with pytest.raises(ServiceError, match="nothing was removed"):
+        asyncio.run(prune_mod.run_prune(session, manifest, journal=journal, dry_run=False, concurrency=2))  # type: ignore[arg-type]
+    assert not (tmp_path / "journal.jsonl").exists()
+    assert {c[0] for c in session.exchange.calls} <= {"Get-Mailbox", "Get-MailboxPermission", "Get-RecipientPermission"}
