@@ -32,7 +32,7 @@ Exchange wrote it.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -475,13 +475,6 @@ async def _read_mailboxes(
     Get-RecipientPermission where some trustee's Send As listing failed; ``concurrency`` at once,
     paced by the transport like every bulk read."""
     send_as_trustees = [t for t in trustees if not t.send_as_listed]
-    queue: asyncio.Queue[ExchangeMailbox] = asyncio.Queue()
-    for mb in mailboxes:
-        queue.put_nowait(mb)
-    done = 0
-    total = len(mailboxes)
-    if on_progress is not None:
-        on_progress(0, total)
 
     async def read(mb: ExchangeMailbox) -> None:
         ident = _mailbox_id(mb)
@@ -512,11 +505,29 @@ async def _read_mailboxes(
                     found.grants.append(scope.grant(mb, t, Right.SEND_AS, shown))
         found.read_ok.add(ident.lower())
 
+    await _each(mailboxes, read, concurrency=concurrency, on_progress=on_progress)
+
+
+async def _each(
+    items: list[ExchangeMailbox],
+    fn: Callable[[ExchangeMailbox], Awaitable[None]],
+    *,
+    concurrency: int,
+    on_progress: Callable[[int, int], None] | None,
+) -> None:
+    """``fn`` on every item, ``concurrency`` at once, reporting (done, total) after each. An error
+    stops every worker, and each is awaited, so nothing runs on a client about to close."""
+    queue: asyncio.Queue[ExchangeMailbox] = asyncio.Queue()
+    for item in items:
+        queue.put_nowait(item)
+    done, total = 0, len(items)
+    if on_progress is not None:
+        on_progress(0, total)
+
     async def worker() -> None:
         nonlocal done
         while not queue.empty():
-            mb = queue.get_nowait()
-            await read(mb)
+            await fn(queue.get_nowait())
             done += 1
             if on_progress is not None:
                 on_progress(done, total)
