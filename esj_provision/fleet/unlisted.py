@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import AccessDeniedError, AuthError, EsjProvisionError, NotFoundError
 from ..microsoft.exchange import holds
-from ..models import ExchangeMailbox, PermissionRow, RecipientPermissionRow, Right, SendAsGrant, is_guid
+from ..models import DirectoryUser, ExchangeMailbox, PermissionRow, RecipientPermissionRow, Right, SendAsGrant, is_guid
 
 if TYPE_CHECKING:
     from ..microsoft.session import Session
@@ -61,7 +61,7 @@ class TrusteeRef:
     aliases: frozenset[str] = frozenset()  # every form a permission row may show it as (lower-case)
     registered: bool = True  # an app without an Exchange service principal can hold nothing
     send_as_listed: bool = False  # its Send As came from the trustee-wide listing
-    user: Any = None  # the DirectoryUser (user trustee), for the writes
+    user: DirectoryUser | None = None  # user trustee: the directory user, for the writes
     app: AppIdentity | None = None  # the AppIdentity (app trustee), for the writes
     other_refs: set[str] = field(default_factory=set)  # other spellings in the manifest
 
@@ -112,7 +112,6 @@ class Discovery:
     grants: list[Grant] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # what could not be read: the answer is incomplete
     notes: list[str] = field(default_factory=list)
-    read_ok: set[str] = field(default_factory=set)  # mailboxes (lower-case) whose every read succeeded
     calls: dict[str, int] = field(default_factory=dict)  # Exchange cmdlets sent, by name
 
     @property
@@ -249,10 +248,8 @@ class Listing:
 
     def __init__(self, rows: Iterable[ManifestRow] = ()) -> None:
         self.trustee_of: dict[str, str] = {}  # manifest mailbox address (casefold) -> trustee ref
-        self.line_of: dict[str, int] = {}
         for row in rows:
             self.trustee_of[row.mailbox.casefold()] = row.trustee
-            self.line_of[row.mailbox.casefold()] = row.line
         self._by_object_id: dict[str, str] = {}  # Entra object id -> manifest address (casefold)
         self.unresolved: list[str] = []
 
@@ -503,7 +500,6 @@ async def _read_mailboxes(
                 shown = _first_match(rrows, t, Right.SEND_AS)
                 if shown is not None:
                     found.grants.append(scope.grant(mb, t, Right.SEND_AS, shown))
-        found.read_ok.add(ident.lower())
 
     await _each(mailboxes, read, concurrency=concurrency, on_progress=on_progress)
 
