@@ -285,3 +285,18 @@ def test_prune_stops_before_any_removal_when_a_manifest_mailbox_cannot_be_resolv
         asyncio.run(prune_mod.run_prune(session, manifest, journal=journal, dry_run=False, concurrency=2))  # type: ignore[arg-type]
     assert not (tmp_path / "journal.jsonl").exists()
     assert {c[0] for c in session.exchange.calls} <= {"Get-Mailbox", "Get-MailboxPermission", "Get-RecipientPermission"}
+
+
+def test_the_progress_bar_starts_once_the_total_is_known_and_ends_complete(capsys: pytest.CaptureFixture[str]) -> None:
+    from esj_provision.cli.access import Progress
+
+    with Progress("mailboxes", enabled=False) as off:
+        off.update(0, 3)  # not a terminal: nothing at all
+    assert off._progress is None
+    with Progress("mailboxes", enabled=True) as bar:
+        assert bar._progress is None  # nothing shown before the mailboxes are listed
+        for done in range(4):
+            bar.update(done, 3)
+        task = bar._progress.tasks[0]
+        assert (task.completed, task.total) == (3, 3)
+    assert "mailboxes" in capsys.readouterr().err
