@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import EsjProvisionError, ServiceError
 from ..models import Right, State
 from ..provision.journal import Entry, Journal, open_intents
-from ..provision.onboard import Delegation, OnboardRequest, Plan, apply, read_state, verify
+from ..provision.onboard import Delegation, OnboardRequest, Plan, apply, gather_all, read_state, verify
 from ..provision.powershell import to_powershell
 from . import manifest as manifest_mod
 from .bulk import warm_up
@@ -113,6 +113,9 @@ async def run_prune(
     kinds: tuple[str, ...] = (SHARED,),
     on_progress: Callable[[int, int], None] | None = None,
 ) -> PruneReport:
+    """Find the manifest trustees' unlisted grants and remove them (``dry_run``: plan only). The
+    removals of different pairs go out ``concurrency`` at once; an error that stops one (the journal
+    cannot be written, the app is refused) lets the others finish their write before it is raised."""
     started = time.monotonic()
     await warm_up(session)
     listing = Listing(manifest_mod.rows(path))
@@ -144,7 +147,7 @@ async def run_prune(
             async with gate:
                 await _remove(session, plan, journal)
 
-        await asyncio.gather(*(remove(p) for p in report.plans))
+        await gather_all(*(remove(p) for p in report.plans))
     for plan, (_, _, grants) in zip(report.plans, pairs):
         for d, g in zip(plan.delegations, grants):
             report.removals.append(
