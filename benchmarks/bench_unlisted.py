@@ -66,7 +66,7 @@ def run(label: str, args: list[str], opts: argparse.Namespace) -> dict[str, Any]
         mailboxes=opts.mailboxes, throttle_rps=opts.throttle_rps or None, latency_ms=opts.latency_ms, seed=5
     ) as sb:
         scratch = Path(tmp)
-        manifest = write_manifest(scratch / "manifest.csv", opts.listed, outbound="ews")
+        manifest = write_manifest(scratch / "manifest.csv", opts.listed, outbound="graph")
         planted = set(SEEDED_FORGOTTEN)
         for i in range(1, opts.listed + opts.forgotten + 1):
             for right in ("FullAccess", "SendAs"):

@@ -46,7 +46,7 @@ def prepare(sb: Sandbox, tmp: Path, forgotten: int) -> set[tuple[str, str, str]]
     """queue0001..0004 listed and granted; ``forgotten`` more queues granted but not listed (Full
     Access and Send As, every third Full Access only); Adele on two of them. Returns the unlisted
     grants as (mailbox, right, principal shown), the sample tenant's returns@ included."""
-    lines = ["mailbox,trustee,inbound,outbound"] + [f"{q(i)},{SVC},imap,ews" for i in range(1, LISTED + 1)]
+    lines = ["mailbox,trustee,inbound,outbound"] + [f"{q(i)},{SVC},imap,graph" for i in range(1, LISTED + 1)]
     (tmp / "m.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     unlisted = {("returns@contoso.com", "FullAccess", SVC_UPN), ("returns@contoso.com", "SendAs", SVC_UPN)}
     for i in range(1, LISTED + forgotten + 1):
@@ -295,7 +295,7 @@ def test_a_grant_exchange_will_not_remove_is_a_failure_never_done(make_sandbox: 
     from sandbox_fixtures import SandboxClient
 
     sb, _ = make_sandbox(mailboxes=8)
-    (tmp_path / "m.csv").write_text(f"mailbox,trustee,inbound,outbound\n{q(1)},{SVC},imap,ews\n")
+    (tmp_path / "m.csv").write_text(f"mailbox,trustee,inbound,outbound\n{q(1)},{SVC},imap,graph\n")
     client = SandboxClient(sb)
     try:
         r0 = client.invoke("Add-MailboxPermission", {"Identity": q(5), "User": SVC, "AccessRights": ["FullAccess"],

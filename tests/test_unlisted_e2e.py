@@ -37,9 +37,9 @@ def q(i: int) -> str:
 MANIFEST = "\n".join(
     [
         "mailbox,trustee,inbound,outbound,send_as",
-        f"{q(1)},{SVC},imap,ews,true",
-        f"{q(2)},{SVC},imap,ews,false",
-        f"help@contoso.com,{SVC},imap,ews,true",  # support@, by its alias
+        f"{q(1)},{SVC},imap,graph,true",
+        f"{q(2)},{SVC},imap,graph,false",
+        f"help@contoso.com,{SVC},imap,graph,true",  # support@, by its alias
         f"{q(10)},{ESJ_APP_ID},graph,graph,",
     ]
 )
