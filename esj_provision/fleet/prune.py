@@ -27,10 +27,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EsjProvisionError, ServiceError
-from ..models import Right, State
+from ..models import Outcome, Right, State
 from ..provision.journal import Entry, Journal, open_intents
-from ..provision.onboard import Delegation, OnboardRequest, Plan, apply, gather_all, read_state, verify
+from ..provision.onboard import Delegation, Mode, Plan, apply, gather_all, read_state, verify
 from ..provision.powershell import to_powershell
+from ..provision.request import OnboardRequest
 from . import manifest as manifest_mod
 from .bulk import warm_up
 from .unlisted import SHARED, Discovery, Grant, Listing, TrusteeRef, discover, resolve_trustees
@@ -98,7 +99,7 @@ def plan_for(grants: list[Grant], t: TrusteeRef) -> Plan:
     """An offboarding plan for one (mailbox, trustee) pair, from what discovery read: each right
     found is PRESENT and wanted ABSENT. Its mailbox and trustee ids are the ones Exchange showed."""
     request = OnboardRequest(mailbox=grants[0].mailbox, trustee=t.ref, trustee_is_app=t.kind == "app")
-    plan = Plan(mode="offboard", request=request, trustee=t.user, app=t.app)
+    plan = Plan(mode=Mode.OFFBOARD, request=request, trustee=t.user, app=t.app)
     plan.delegations = [Delegation(right=g.right, desired=State.ABSENT, current=State.PRESENT) for g in grants]
     return plan
 
@@ -151,7 +152,7 @@ async def run_prune(
     for plan, (_, _, grants) in zip(report.plans, pairs):
         for d, g in zip(plan.delegations, grants):
             report.removals.append(
-                Removal(g, "planned" if dry_run else (d.outcome or "unknown"), d.request_id, d.error)
+                Removal(g, "planned" if dry_run else str(d.outcome or Outcome.UNKNOWN), d.request_id, d.error)
             )
     report.elapsed_s = time.monotonic() - started
     report.stats = session.stats()
@@ -166,22 +167,22 @@ async def _remove(session: Session, plan: Plan, journal: Journal) -> None:
     await apply(session, plan, journal)
     await verify(session, plan)
     for d in plan.delegations:
-        if d.outcome != "already-absent":
+        if d.outcome is not Outcome.ALREADY_ABSENT:
             continue
         state, error = await read_state(session, plan, d.right)
         d.verified = state
         if state is State.PRESENT:
-            d.outcome = "failed"
+            d.outcome = Outcome.FAILED
             d.error = (
                 "Exchange answered that the entry does not exist, but the grant is still there (an entry "
                 "with another inheritance type?); remove it in Exchange Online PowerShell"
             )
         elif state is State.UNKNOWN:
-            d.outcome, d.error = "unknown", error
+            d.outcome, d.error = Outcome.UNKNOWN, error
         else:
             continue
         entry = Entry(d.op, plan.mailbox_id, plan.trustee_id)
-        journal.event("verified", entry, outcome=d.outcome, error=d.error)
+        journal.event("verified", entry, outcome=str(d.outcome), error=d.error)
 
 
 async def _reconcile(session: Session, journal: Journal, trustees: dict[str, TrusteeRef], report: PruneReport) -> None:

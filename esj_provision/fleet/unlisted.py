@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..errors import AccessDeniedError, AuthError, EsjProvisionError, NotFoundError
+from ..errors import AccessDeniedError, AppLookupError, AuthError, EsjProvisionError, NotFoundError
 from ..microsoft.exchange import holds
 from ..models import DirectoryUser, ExchangeMailbox, PermissionRow, RecipientPermissionRow, Right, SendAsGrant, is_guid
 
@@ -173,7 +173,7 @@ async def resolve_trustees(session: Session, refs: Iterable[str], *, strict: boo
     audit reports "trustee gone"; Exchange shows a deleted principal's entries by SID only, and no
     removal could name it), and one that could not be read an error: its grants are unknown.
     """
-    from ..provision.esj_app import AppLookupError, cached_app
+    from ..provision.esj_app import cached_app
 
     distinct = list(dict.fromkeys(r.strip() for r in refs if r and r.strip()))
     users = [r for r in distinct if not is_guid(r)]
