@@ -110,8 +110,7 @@ def bulk(
         from .prune import prune_command
 
         kinds = ("SharedMailbox", "UserMailbox") if include_user_mailboxes else ("SharedMailbox",)
-        setup_logging(verbose)
-        prune_command(connection_settings(locals()), info, dry_run, as_powershell, journal, concurrency, kinds, fmt_key)
+        prune_command(settings, info, dry_run, as_powershell, journal, concurrency, kinds, fmt_key)
         return  # a prune onboards nothing: EWS rows are only listed rows to it
     ews_note = ews_rows_warning(info.path)  # from 1 April 2027 EWS rows are refused here (exit 2)
     profile_obj = None
