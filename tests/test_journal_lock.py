@@ -154,3 +154,28 @@ def test_a_lock_that_cannot_be_created_is_a_clear_error(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(JournalError, match="lock file"):
         JournalLock(blocker / "j.jsonl", "bulk").acquire()
+
+
+def test_prune_takes_the_same_lock_and_removes_nothing_while_it_is_held(
+    tmp_path: Path, holder: subprocess.Popen[str]
+) -> None:
+    """bulk --prune writes to the journal like bulk: a run already holding it stops the prune before any
+    call, and the sample tenant's forgotten grant (returns@) stays until the holder is gone."""
+    removals = {"Remove-MailboxPermission", "Remove-RecipientPermission"}
+    with Sandbox() as sb:
+        (tmp_path / "m.csv").write_text(f"mailbox,trustee,inbound,outbound\nsupport@contoso.com,{TRUSTEE},imap,smtp\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "ESJ_PROVISION_"))}
+        env.update(sb.env)
+        env.update(ESJ_PROVISION_JOURNAL=str(tmp_path / "journal.jsonl"), COLUMNS="300")
+        argv = [sys.executable, "-m", "esj_provision", "bulk", "m.csv", "--prune", "--format", "json"]
+        r = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1, r.stderr
+        assert f"pid {holder.pid} on {socket.gethostname()}" in " ".join(r.stderr.split())
+        assert not [c for c in sb.calls() if c.get("cmdlet") in removals]
+
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(10)
+        r = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert [c for c in sb.calls() if c.get("cmdlet") in removals and c.get("status") == 200]

@@ -288,15 +288,29 @@ def test_prune_stops_before_any_removal_when_a_manifest_mailbox_cannot_be_resolv
 
 
 def test_the_progress_bar_starts_once_the_total_is_known_and_ends_complete(capsys: pytest.CaptureFixture[str]) -> None:
-    from esj_provision.cli.access import Progress
+    from esj_provision.cli.render import Progress
 
-    with Progress("mailboxes", enabled=False) as off:
+    with Progress(None, enabled=False, label="mailboxes") as off:
         off.update(0, 3)  # not a terminal: nothing at all
     assert off._progress is None
-    with Progress("mailboxes", enabled=True) as bar:
-        assert bar._progress is None  # nothing shown before the mailboxes are listed
+    with Progress(None, enabled=True, label="mailboxes") as bar:
+        assert not bar._progress.tasks  # no bar before the mailboxes are listed
         for done in range(4):
             bar.update(done, 3)
-        task = bar._progress.tasks[0]
+        (task,) = bar._progress.tasks
         assert (task.completed, task.total) == (3, 3)
     assert "mailboxes" in capsys.readouterr().err
+
+
+def test_rows_and_a_search_share_one_display(capsys: pytest.CaptureFixture[str]) -> None:
+    """audit --unlisted counts manifest rows and the mailbox search at once: rich allows one live
+    display, so both are bars of the same one."""
+    from esj_provision.cli.render import Progress
+
+    with Progress(2, enabled=True, label="audit") as bar:
+        bar.advance()
+        bar.update(5, 10)
+        bar.advance()
+        rows, search = bar._progress.tasks
+        assert (rows.description, rows.completed, rows.total) == ("audit", 2, 2)
+        assert (search.description, search.completed, search.total) == ("mailboxes", 5, 10)

@@ -46,17 +46,23 @@ async def _prune(
 ) -> Any:
     from ..fleet.prune import run_prune
     from ..microsoft.session import Session
-    from ..provision.journal import Journal, default_journal_path
-    from .access import Progress
+    from ..provision.journal import Journal, JournalLock, default_journal_path
+    from .render import Progress
 
     async with Session(settings, max_connections=max(20, concurrency * 2)) as session:
         # Opened lazily by its first write: a dry run never creates the file.
         journal = Journal(journal_path or default_journal_path(), secrets=settings.secrets)
+        # One run per journal at a time, as bulk (a dry run writes nothing, so it takes no lock).
+        lock = JournalLock(journal.path, f"esj-provision bulk --prune {info.path}")
+        if not dry_run:
+            notice = lock.acquire()
+            if notice:
+                sys.stderr.write(f"warning: {notice}\n")
         try:
             if not dry_run:
                 journal.write("run-start", command="bulk --prune", manifest=str(info.path), rows=info.rows)
             try:
-                with Progress("mailboxes", enabled=sys.stderr.isatty()) as progress:
+                with Progress(None, enabled=sys.stderr.isatty(), label="mailboxes") as progress:
                     report = await run_prune(
                         session,
                         info.path,
@@ -80,3 +86,4 @@ async def _prune(
             return report
         finally:
             journal.close()
+            lock.release()

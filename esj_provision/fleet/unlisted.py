@@ -353,9 +353,8 @@ async def _send_as_listings(
 def _may_have_sid_history(t: TrusteeRef) -> bool:
     """``Get-RecipientPermission -Trustee`` matches one SID: Microsoft notes that a trustee with SID
     history can be missed. Only an account synced from an on-premises directory can have one
-    (Graph ``onPremisesSyncEnabled`` not null). DirectoryUser carries that field once the bulk
-    listings (issue 14) read it; until then this reads None and the listing is used."""
-    return t.kind == "user" and getattr(t.user, "on_premises_sync_enabled", None) is not None
+    (Graph ``onPremisesSyncEnabled`` not null; the /users lookups select it)."""
+    return t.kind == "user" and t.user is not None and t.user.on_premises_sync_enabled is not None
 
 
 def _learn_sid(t: TrusteeRef, grants: list[SendAsGrant]) -> None:
