@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AccessDeniedError, AuthError, EsjProvisionError, ExitStatus
-from ..models import Right, State
+from ..models import Inbound, Outbound, Right, State
 from ..provision.esj_app import AppAccess, app_access
 from ..provision.onboard import preflight
 from ..provision.request import send_as_for
@@ -181,6 +181,17 @@ def audit_row(row: ManifestRow, plan_findings: list[Any], delegations: list[Any]
     return out
 
 
+def _listed_type_will_do(row: ManifestRow) -> bool:
+    """Whether the shared-mailbox listing may stand for Graph's mailbox type in this row's audit.
+
+    Where ESJ reads or sends over GRAPH, Graph itself must reach the mailbox (a 404
+    ``MailboxNotEnabledForRESTAPI`` is drift), so Graph is asked. Elsewhere being in
+    ``Get-Mailbox -RecipientTypeDetails SharedMailbox`` already says it is a shared mailbox in Exchange
+    Online (inactive, soft-deleted and on-premises mailboxes are not listed there), and the row saves
+    its one Outlook read: what keeps an audit at Exchange's pace when Graph is the slower service."""
+    return row.inbound is not Inbound.GRAPH and row.outbound is not Outbound.GRAPH
+
+
 async def run_audit(
     session: Session,
     path: Path,
@@ -225,7 +236,9 @@ async def run_audit(
         if on_row is not None:
             on_row(result)
 
-    await process_rows(session, rows(path), concurrency, handle, done, listings=listings)
+    await process_rows(
+        session, rows(path), concurrency, handle, done, listings=listings, types_from_listing=_listed_type_will_do
+    )
     report.rows.sort(key=lambda r: r.line)
     for app_id in apps:
         report.apps.append(await app_access(session, app_id))

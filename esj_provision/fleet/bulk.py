@@ -536,16 +536,19 @@ async def lookups_for(
     chunk: list[ManifestRow],
     listings: FleetListings | None = None,
     *,
-    types_from_listing: bool = False,
+    types_from_listing: bool | Callable[[ManifestRow], bool] = False,
 ) -> dict[str, LookupResult]:
     """The chunk's mailbox and account lookups, as Graph JSON batches at low priority. The
     trustee (usually one service account for every row) is looked up once per session, and its
     Send As listing read once, before its rows need it all at once. With ``types_from_listing``
-    (bulk), a mailbox the shared-mailbox listing names is not asked its type: it is shared."""
+    (bulk: every row; audit: the rows it says), a mailbox the shared-mailbox listing names is not
+    asked its type: it is shared."""
     cache = session.cache.trustee_lookups
     graph = session.graph
     mailboxes = list(dict.fromkeys(r.mailbox for r in chunk))
-    shared = {m for m in mailboxes if types_from_listing and listings is not None and listings.is_shared(m)}
+    listed_type_will_do = types_from_listing if callable(types_from_listing) else lambda _: bool(types_from_listing)
+    ask_graph = {r.mailbox for r in chunk if not listed_type_will_do(r)}
+    shared = {m for m in mailboxes if m not in ask_graph and listings is not None and listings.is_shared(m)}
     # App trustees (client ids) are not directory users: preflight resolves them as apps.
     new_trustees = [t for t in dict.fromkeys(r.trustee for r in chunk if isinstance(r.who, UserTrustee)) if t not in cache]
     by_listing, others, trustees = await asyncio.gather(
@@ -572,7 +575,7 @@ async def process_rows(
     *,
     on_row_read: Callable[[ManifestRow], None] | None = None,
     listings: FleetListings | None = None,
-    types_from_listing: bool = False,
+    types_from_listing: bool | Callable[[ManifestRow], bool] = False,
 ) -> None:
     """Stream rows through ``concurrency`` workers. A reader looks up each chunk ahead (batched)
     and feeds a bounded queue, so Graph lookups overlap with the Exchange work of earlier rows,
