@@ -179,3 +179,19 @@ def test_prune_takes_the_same_lock_and_removes_nothing_while_it_is_held(
         r = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
         assert r.returncode == 0, r.stderr
         assert [c for c in sb.calls() if c.get("cmdlet") in removals and c.get("status") == 200]
+
+
+def test_migrate_takes_the_same_lock(tmp_path: Path, holder: subprocess.Popen[str]) -> None:
+    """migrate writes grants and scopes through the same journal: one run at a time there too."""
+    with Sandbox() as sb:
+        (tmp_path / "m.csv").write_text(f"mailbox,trustee,inbound,outbound\nsales@contoso.com,{TRUSTEE},ews,ews\n")
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("AZURE_", "ESJ_PROVISION_"))}
+        env.update(sb.env)
+        env.update(ESJ_PROVISION_JOURNAL=str(tmp_path / "journal.jsonl"), COLUMNS="300", ESJ_PROVISION_TODAY="2026-12-01")
+        argv = [sys.executable, "-m", "esj_provision", "migrate", "m.csv", "--to", "graph", "--esj-app", sb.esj_app_id]
+        mark = len(sb.calls())
+        r = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1, r.stderr
+        assert f"pid {holder.pid} on {socket.gethostname()}" in " ".join(r.stderr.split())
+        assert not [c for c in sb.calls()[mark:] if c.get("method") == "POST" and c.get("service") == "exchange"
+                    and str(c.get("cmdlet", "")).startswith(("New-", "Set-", "Add-"))]

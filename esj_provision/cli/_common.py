@@ -25,6 +25,11 @@ def print_error(exc: EsjProvisionError) -> None:
     sys.stderr.flush()
 
 
+def print_warning(text: str) -> None:
+    """A warning the core handed back (e.g. a stale journal lock taken over), on stderr."""
+    sys.stderr.write(f"warning: {text}\n")
+
+
 def print_usage_error(exc: Any) -> None:
     """A command-line error found by Typer/click, in the tool's own one-line form (exit status 2)."""
     message = exc.format_message()

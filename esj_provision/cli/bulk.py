@@ -191,7 +191,8 @@ async def _bulk(
 
     from ..fleet.bulk import run_bulk
     from ..microsoft.session import Session
-    from ..provision.journal import Journal, JournalLock, default_journal_path
+    from ..provision.journal import default_journal_path, journalled_run
+    from ._common import print_warning
     from .render import Progress
 
     progress = Progress(info.rows, enabled=sys.stderr.isatty())
@@ -207,48 +208,28 @@ async def _bulk(
         probe = None
         if probe_in is not None:
             probe = await _row_prober(settings, session, esj_client_id, probe_in, stack)
-        # Opened lazily by its first write: a dry run never creates the file.
-        journal = Journal(journal_path or default_journal_path(), secrets=settings.secrets)
-        # One run per journal at a time (a dry run writes nothing, so it takes no lock).
-        lock = JournalLock(journal.path, f"esj-provision bulk {info.path}")
-        if not dry_run:
-            notice = lock.acquire()
-            if notice:
-                sys.stderr.write(f"warning: {notice}\n")
-        try:
-            if not dry_run:
-                journal.write("run-start", command="bulk", manifest=str(info.path), rows=info.rows)
-            try:
-                with progress:
-                    summary = await run_bulk(
-                        session,
-                        info.path,
-                        journal=journal,
-                        dry_run=dry_run,
-                        concurrency=concurrency,
-                        out_dir=out_dir,
-                        cloud=settings.cloud,
-                        profile=profile,
-                        esj_client_id=esj_client_id,
-                        on_row=on_row,
-                        probe=probe,
-                    )
-            except BaseException:
-                if not dry_run:
-                    journal.write("run-interrupted", command="bulk", note="re-run the same command to resume")
-                raise
-            if not dry_run:
-                journal.write(
-                    "run-end",
-                    command="bulk",
-                    **{
-                        k: v for k, v in summary.to_dict().items() if k in {"rows", "ok", "refused", "failed", "writes"}
-                    },
+        with journalled_run(
+            journal_path or default_journal_path(), secrets=settings.secrets, command="bulk", manifest=info.path,
+            rows=info.rows, dry_run=dry_run, on_notice=print_warning,
+        ) as journal:
+            with progress:
+                summary = await run_bulk(
+                    session,
+                    info.path,
+                    journal=journal,
+                    dry_run=dry_run,
+                    concurrency=concurrency,
+                    out_dir=out_dir,
+                    cloud=settings.cloud,
+                    profile=profile,
+                    esj_client_id=esj_client_id,
+                    on_row=on_row,
+                    probe=probe,
                 )
+            if not dry_run:
+                counts = {"rows", "ok", "refused", "failed", "writes"}
+                journal.write("run-end", command="bulk", **{k: v for k, v in summary.to_dict().items() if k in counts})
             return summary
-        finally:
-            journal.close()
-            lock.release()
 
 
 async def _row_prober(settings: Any, session: Any, esj_client_id: str | None, probe_in: tuple[Any, ...],

@@ -94,13 +94,14 @@ async def _migrate(
 ) -> Any:
     from ..fleet.migrate import run_migrate
     from ..microsoft.session import Session
-    from ..provision.journal import Journal, default_journal_path
+    from ..provision.journal import default_journal_path, journalled_run
+    from ._common import print_warning
 
     async with Session(settings, max_connections=max(20, concurrency * 2)) as session:
-        journal = Journal(journal_path or default_journal_path(), secrets=settings.secrets)  # opened by a write
-        try:
-            if not dry_run:
-                journal.write("run-start", command="migrate", manifest=str(info.path), rows=info.rows)
+        with journalled_run(
+            journal_path or default_journal_path(), secrets=settings.secrets, command="migrate", manifest=info.path,
+            rows=info.rows, dry_run=dry_run, on_notice=print_warning,
+        ) as journal:
             report = await run_migrate(
                 session, info.path, include=include, esj_app=esj_app, dry_run=dry_run, journal=journal,
                 out_dir=out_dir, concurrency=concurrency, cloud=settings.cloud, profile=profile,
@@ -109,8 +110,6 @@ async def _migrate(
                 journal.write("run-end", command="migrate", moved=sum(1 for r in report.rows if r.moved),
                               failed=sum(1 for r in report.rows if not r.moved))
             return report
-        finally:
-            journal.close()
 
 
 def _print(report: Any, fmt_key: str) -> None:

@@ -46,36 +46,26 @@ async def _prune(
 ) -> Any:
     from ..fleet.prune import run_prune
     from ..microsoft.session import Session
-    from ..provision.journal import Journal, JournalLock, default_journal_path
+    from ..provision.journal import default_journal_path, journalled_run
+    from ._common import print_warning
     from .render import Progress
 
     async with Session(settings, max_connections=max(20, concurrency * 2)) as session:
-        # Opened lazily by its first write: a dry run never creates the file.
-        journal = Journal(journal_path or default_journal_path(), secrets=settings.secrets)
-        # One run per journal at a time, as bulk (a dry run writes nothing, so it takes no lock).
-        lock = JournalLock(journal.path, f"esj-provision bulk --prune {info.path}")
-        if not dry_run:
-            notice = lock.acquire()
-            if notice:
-                sys.stderr.write(f"warning: {notice}\n")
-        try:
-            if not dry_run:
-                journal.write("run-start", command="bulk --prune", manifest=str(info.path), rows=info.rows)
-            try:
-                with Progress(None, enabled=sys.stderr.isatty(), label="mailboxes") as progress:
-                    report = await run_prune(
-                        session,
-                        info.path,
-                        journal=journal,
-                        dry_run=dry_run,
-                        concurrency=concurrency,
-                        kinds=kinds,
-                        on_progress=progress.update,
-                    )
-            except BaseException:
-                if not dry_run:
-                    journal.write("run-interrupted", command="bulk --prune", note="re-run the same command to resume")
-                raise
+        with journalled_run(
+            journal_path or default_journal_path(), secrets=settings.secrets, command="bulk --prune",
+            manifest=info.path, rows=info.rows, dry_run=dry_run,
+            on_notice=print_warning,
+        ) as journal:
+            with Progress(None, enabled=sys.stderr.isatty(), label="mailboxes") as progress:
+                report = await run_prune(
+                    session,
+                    info.path,
+                    journal=journal,
+                    dry_run=dry_run,
+                    concurrency=concurrency,
+                    kinds=kinds,
+                    on_progress=progress.update,
+                )
             if not dry_run:
                 s = report.summary()
                 journal.write(
@@ -84,6 +74,3 @@ async def _prune(
                     **{k: s[k] for k in ("unlisted_grants", "removed", "already_absent", "failed", "unknown")},
                 )
             return report
-        finally:
-            journal.close()
-            lock.release()

@@ -9,12 +9,13 @@ out and records what it found (``reconciled``). No secret or token is ever writt
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -319,3 +320,38 @@ class JournalLock:
             os.ftruncate(fd, 0)  # empty: released cleanly (a non-empty free lock was left by a crash)
         finally:
             os.close(fd)  # closing the descriptor drops the OS lock
+
+
+@contextlib.contextmanager
+def journalled_run(
+    path: Path,
+    *,
+    secrets: Any,
+    command: str,
+    manifest: Path,
+    rows: int,
+    dry_run: bool,
+    on_notice: Callable[[str], None],
+) -> Iterator[Journal]:
+    """The framing every manifest-wide writing run shares (bulk, bulk --prune, migrate): one run per
+    journal at a time (the lock; a lock left by a dead run is taken over and ``on_notice`` is told),
+    ``run-start``, and ``run-interrupted`` when the run ends by an exception, so the next run knows to
+    resume. The caller writes ``run-end`` with its own counts. A dry run writes nothing, takes no lock,
+    and never creates the file (the journal is opened by its first write)."""
+    journal = Journal(path, secrets=secrets)
+    lock = JournalLock(journal.path, f"esj-provision {command} {manifest}")
+    try:
+        if not dry_run:
+            notice = lock.acquire()
+            if notice:
+                on_notice(notice)
+            journal.write("run-start", command=command, manifest=str(manifest), rows=rows)
+        try:
+            yield journal
+        except BaseException:
+            if not dry_run:
+                journal.write("run-interrupted", command=command, note="re-run the same command to resume")
+            raise
+    finally:
+        journal.close()
+        lock.release()
