@@ -14,15 +14,24 @@ loop over the manifest) on fewer rows, and the ratio of mailboxes per second. Ev
 again at an Exchange-like latency (150-300 ms), where one-at-a-time is latency-bound, not
 throttle-bound (skip with ``--no-slow``).
 
+Then, side by side, the same bulk run (``--compare-rows``, the first latency, the default
+concurrency) by the package at ``--baseline`` (default 535dc19, before issue 11's redesign) and by
+this tree, both as ``python -m esj_provision`` (benchlib's ``Side``), each on a fresh sandbox with
+the same seed: ``--pairs`` rounds of before, now; per round the ratio now ÷ before of the wall time
+and of the client's CPU time (user + system, from ``os.wait4``: throttling hides client cost from
+the wall time, not from the CPU time), and both sides' calls per mailbox and 429s.
+
 Writes benchmarks/results/bulk.md; exits 1 if a row fails.
 Usage: python benchmarks/bench_bulk.py [--rows N] [--baseline-rows N] [--throttle-rps R]
        [--latency-ms MIN-MAX] [--slow-latency-ms MIN-MAX] [--no-slow] [--concurrency N]
+       [--pairs N] [--compare-rows N] [--baseline COMMIT | --no-baseline]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -33,12 +42,19 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import (
+    DEFAULT_BASELINE,
+    RATIO_HEADER,
+    Side,
+    alternate,
     call_start,
     cli_path,
     http_calls,
+    load_line,
     machine,
+    ratio_row,
     run_child,
     sandbox_env,
+    sides,
     today,
     write_manifest,
     write_section,
@@ -59,9 +75,10 @@ class Run:
     summary: dict[str, Any]
     calls: list[dict[str, Any]]
     started_at: float  # epoch seconds, just before the process started
+    cpu_s: float  # the client's user + system time
 
     def _svc(self, service: str) -> list[dict[str, Any]]:
-        return [c for c in http_calls(self.calls) if c["service"] == service]
+        return [dict(c) for c in http_calls(self.calls) if c["service"] == service]
 
     @property
     def exchange_ok(self) -> list[dict[str, Any]]:
@@ -137,7 +154,10 @@ class Run:
         return max(server, len(self.exchange_ok) / self.limit, len(self.items_ok) / self.limit)
 
 
-def run_bulk(label: str, rows: int, concurrency: int, latency: str, limit: float, seed: int) -> Run:
+def run_bulk(
+    label: str, rows: int, concurrency: int, latency: str, limit: float, seed: int, side: Side | None = None
+) -> Run:
+    """One bulk run on a fresh sandbox: the console script, or ``side``'s ``python -m esj_provision``."""
     from esj_provision.sandbox import Sandbox
 
     with tempfile.TemporaryDirectory(prefix="esj-bench-bulk-") as tmp, Sandbox(
@@ -146,14 +166,18 @@ def run_bulk(label: str, rows: int, concurrency: int, latency: str, limit: float
         scratch = Path(tmp)
         manifest = write_manifest(scratch / "manifest.csv", rows)
         env = sandbox_env(str(scratch / "pycache"), sb.env, ESJ_PROVISION_JOURNAL=str(scratch / "journal.jsonl"))
-        cmd = [cli_path(), "bulk", str(manifest), "--format", "json", "--out-dir", str(scratch / "out"),
-               "--concurrency", str(concurrency)]
+        args = ["bulk", str(manifest), "--format", "json", "--out-dir", str(scratch / "out"),
+                "--concurrency", str(concurrency)]
+        cmd = [cli_path(), *args]
+        if side is not None:
+            side.check(env, scratch)
+            cmd, env = side.argv(*args), side.env(env)
         print(f"  {label}: {rows} rows, --concurrency {concurrency}, latency {latency} ms, limit {limit:g}/s",
               file=sys.stderr)
         out_path = scratch / "stdout.jsonl"
         with out_path.open("wb") as out:
             started_at = time.time()
-            wall, _, status, err = run_child(cmd, env, cwd=scratch, stdout=out)
+            wall, usage, status, err = run_child(cmd, env, cwd=scratch, stdout=out, usage=True)
         lines = out_path.read_text(encoding="utf-8").splitlines()
         if status != 0 or not lines:
             raise SystemExit(f"benchmark command failed ({status}): {' '.join(cmd)}\n{err}")
@@ -161,25 +185,83 @@ def run_bulk(label: str, rows: int, concurrency: int, latency: str, limit: float
         if summary["ok"] != rows:
             raise SystemExit(f"{label}: {summary['ok']} of {rows} rows ok: {summary['failures'][:5]}")
         calls = sb.calls()
-    return Run(label, rows, concurrency, latency, limit, wall, float(summary["elapsed_s"]), summary, calls, started_at)
+    cpu = usage.cpu_s if usage else float("nan")
+    return Run(label, rows, concurrency, latency, limit, wall, float(summary["elapsed_s"]), summary, calls, started_at, cpu)
 
 
 def _lat(latency: str) -> str:
     return f"{latency} ms"
 
 
+def compare(opts: argparse.Namespace, limit: float) -> str:
+    """Bulk by the package at ``opts.baseline`` and by this tree, alternated, each on a fresh sandbox
+    with the same seed: the comparison's Markdown."""
+    before, now = sides(opts.baseline)
+    rows, latency = opts.compare_rows, opts.latency_ms
+
+    def run(side: Side) -> Run:
+        return run_bulk(side.label, rows, opts.concurrency, latency, limit, seed=23, side=side)
+
+    rounds = alternate(opts.pairs, run, before, now)
+    load = load_line()
+    table = "\n".join([
+        ratio_row("wall time", [(b.wall_s, n.wall_s) for b, n in rounds], "s", ".1f"),
+        ratio_row("client CPU (user + system)", [(b.cpu_s, n.cpu_s) for b, n in rounds], "s", ".2f"),
+    ])
+
+    def side_row(i: int) -> str:
+        runs = [r[i] for r in rounds]
+        med = statistics.median
+        return (
+            f"| {runs[0].label} | {med(r.per_second for r in runs):.2f} | {med(r.exchange_use_whole for r in runs):.2f} "
+            f"| {med(len(r.exchange_ok) / r.rows for r in runs):.2f} | {med(len(r.items_ok) / r.rows for r in runs):.2f} "
+            f"| {med(r.exchange_429 for r in runs):.0f} | {med(r.items_429 for r in runs):.0f} "
+            f"| {med(1000 * r.cpu_s / r.rows for r in runs):.1f} |"
+        )
+
+    return f"""
+### Before and after the redesign (issue 11)
+
+The same bulk run ({rows} rows, `--concurrency {opts.concurrency}`, {_lat(latency)}, {limit:g} requests/s per
+service) by *before* = the package at commit `{opts.baseline}` and *now* = this tree, both as
+`python -m esj_provision bulk ...` by the same interpreter and dependencies (`PYTHONPATH` selects the
+package; the benchmark checks which one the child imported), each on a fresh sandbox with the same seed.
+{len(rounds)} rounds, each *before* then *now*; each round gives one ratio. Measured at {load}: absolute
+times are inflated by the load, the ratios are what to read. The wall time is bound by the throttle
+limit, which hides client cost; the client's CPU time (`os.wait4`) does not. *Verdict*: a sign test over
+the rounds (slower or faster only when they lean one way, p < 0.05; with fewer than 6 rounds it can
+only say that every round agreed).
+
+{RATIO_HEADER}
+{table}
+
+| Side | Mailboxes/s | Exchange ÷ limit, whole run | Exchange calls / mailbox | Graph batch items / mailbox | Exchange 429s | Graph item 429s | Client CPU / mailbox (ms) |
+|---|---:|---:|---:|---:|---:|---:|---:|
+{side_row(0)}
+{side_row(1)}
+
+(Medians over the rounds.)
+"""
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=300, help="manifest rows for our run (default 300)")
-    parser.add_argument("--baseline-rows", type=int, default=60, help="rows for --concurrency 1 (default 60)")
+    # Sizes keep the whole benchmark near 3 minutes on a 2-core machine, the comparison included.
+    parser.add_argument("--rows", type=int, default=120, help="manifest rows for our run (default 120)")
+    parser.add_argument("--baseline-rows", type=int, default=30, help="rows for --concurrency 1 (default 30)")
     parser.add_argument("--throttle-rps", type=float, default=20.0, help="sandbox limit per service (default 20)")
     parser.add_argument("--latency-ms", default="20-60", help="sandbox latency, N or MIN-MAX (default 20-60)")
     parser.add_argument("--slow-latency-ms", default="150-300", help="the Exchange-like latency (default 150-300)")
-    parser.add_argument("--slow-rows", type=int, default=150, help="rows for our run at that latency (default 150)")
-    parser.add_argument("--slow-baseline-rows", type=int, default=30, help="rows for its --concurrency 1 (default 30)")
+    parser.add_argument("--slow-rows", type=int, default=60, help="rows for our run at that latency (default 60)")
+    parser.add_argument("--slow-baseline-rows", type=int, default=15, help="rows for its --concurrency 1 (default 15)")
     parser.add_argument("--no-slow", action="store_true", help="skip the Exchange-like latency runs")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="our --concurrency (default 8)")
     parser.add_argument("--repeat", type=int, default=1, help="accepted for scripts/bench; each run is made once")
+    parser.add_argument("--pairs", type=int, default=3, help="before/now rounds (default 3)")
+    parser.add_argument("--compare-rows", type=int, default=45, help="rows of each before/now run (default 45)")
+    parser.add_argument("--baseline", default=DEFAULT_BASELINE,
+                        help=f"the earlier commit to compare with (default {DEFAULT_BASELINE}; not --baseline-rows)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the before/now comparison")
     opts = parser.parse_args()
 
     limit = opts.throttle_rps
@@ -191,6 +273,7 @@ def main() -> int:
         ours = run_bulk("ours", rows, opts.concurrency, latency, limit, seed=11 + n)
         base = run_bulk("one at a time", base_rows, 1, latency, limit, seed=11 + n)
         pairs.append((ours, base))
+    compared = "" if opts.no_baseline else compare(opts, limit)
 
     def row(r: Run) -> str:
         return (
@@ -225,6 +308,8 @@ def main() -> int:
         f"--throttle-rps {limit:g} --latency-ms {opts.latency_ms}"
         + (" --no-slow" if opts.no_slow else f" --slow-latency-ms {opts.slow_latency_ms} --slow-rows {opts.slow_rows} "
            f"--slow-baseline-rows {opts.slow_baseline_rows}")
+        + (" --no-baseline" if opts.no_baseline else f" --pairs {opts.pairs} --compare-rows {opts.compare_rows} "
+           f"--baseline {opts.baseline}")
     )
     per_mbx_ex = len(ours0.exchange_ok) / ours0.rows
     section = f"""## Bulk (throttled tenant: {limit:g} requests/s per service)
@@ -238,7 +323,7 @@ listing; SMTP AUTH is read once per trustee), two grants, a read-back of Full Ac
 verified by a second listing). *ours* = the default
 `--concurrency {opts.concurrency}`; *one at a time* = `--concurrency 1` (a PowerShell-style loop over the
 manifest; it still overlaps the independent calls of one mailbox). Each run made once (minutes long:
-the ratios come from runs made back to back). Measured {today()} on {machine()}.
+the ratios come from runs made back to back). Measured {today()} on {machine()}, {load_line()}.
 
 Rates from the sandbox's call log: calls admitted (not 429) per second over the span the service was
 busy (first call to last answer). *÷ limit* = calls admitted ÷ the most the bucket admits in that span
@@ -279,6 +364,7 @@ time instead (sign-in and the first chunk's Graph lookups come before any Exchan
   ({100 * ours0.items_429 / max(1, len(ours0.items_ok)):.0f}% of the {len(ours0.items_ok)} served): items beyond the bucket's burst inside concurrent
   $batch requests, answered 429 one by one; they cost retries, not time on the critical path.
 
+{compared}
 Reproduce: `scripts/bench bulk` (or `{cmdline}`).
 """
     path = write_section("bulk", section)

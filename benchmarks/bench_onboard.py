@@ -13,8 +13,14 @@ together; one that starts after all earlier ones ended had to wait for them), th
 (the longest call of each round trip, summed: about round trips x latency) and the naive serial
 baseline (every call's server time, one after another).
 
+Then, side by side on the same sandbox, the CLI of the package at ``--baseline`` (default 535dc19,
+before issue 11's redesign) and of this tree, both as ``python -m esj_provision`` (benchlib's
+``Side``): ``--pairs`` rounds of before, now, each onboarding a fresh mailbox twice; per round the
+ratio now ÷ before of the wall time, and both sides' calls, round trips and critical path.
+
 Writes benchmarks/results/onboard.md; exits 1 if an onboarding fails or calls a write on the
-second run. Usage: python benchmarks/bench_onboard.py [--repeat N] [--latency-ms MS]
+second run. Usage: python benchmarks/bench_onboard.py [--repeat N] [--pairs N] [--latency-ms MS]
+       [--baseline COMMIT | --no-baseline]
 """
 
 from __future__ import annotations
@@ -33,17 +39,24 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import (
+    DEFAULT_BASELINE,
+    RATIO_HEADER,
     TRUSTEE,
+    Side,
+    alternate,
     call_label,
     cli_path,
     critical_path_ms,
     http_calls,
+    load_line,
     machine,
+    ratio_row,
     round_trips,
-    run_child,
     sandbox_env,
     serial_ms,
+    sides,
     today,
+    wall_and_cpu,
     write_section,
 )
 
@@ -54,8 +67,9 @@ PATHS = ("in-process", "CLI")
 
 
 class Sample:
-    def __init__(self, wall_s: float, calls: list[dict[str, Any]]) -> None:
+    def __init__(self, wall_s: float, calls: list[dict[str, Any]], cpu_s: float = float("nan")) -> None:
         self.wall_ms = wall_s * 1000
+        self.cpu_ms = cpu_s * 1000  # the CLI child's user + system time (not measured in-process)
         self.calls = calls
         self.http = http_calls(calls)
         self.groups = round_trips(calls)
@@ -109,19 +123,91 @@ def in_process(sb: Any, mailbox: str, journal: Path, scratch: Path) -> float:
     return elapsed
 
 
-def cli(mailbox: str, env: Mapping[str, str], cwd: Path) -> float:
-    cmd = [cli_path(), "onboard", mailbox, "--trustee", TRUSTEE, "--inbound", INBOUND, "--outbound", OUTBOUND,
-           "--format", "json"]
-    elapsed, _, status, err = run_child(cmd, env, cwd=cwd)
-    if status != 0:
-        raise SystemExit(f"benchmark command failed ({status}): {' '.join(cmd)}\n{err}")
-    return elapsed
+def onboard_args(mailbox: str) -> list[str]:
+    return ["onboard", mailbox, "--trustee", TRUSTEE, "--inbound", INBOUND, "--outbound", OUTBOUND, "--format", "json"]
+
+
+def cli(mailbox: str, env: Mapping[str, str], cwd: Path, side: Side | None = None) -> tuple[float, float]:
+    """One onboarding by a CLI subprocess: the console script, or ``side``'s ``python -m``.
+    Wall and CPU seconds."""
+    if side is None:
+        cmd, env = [cli_path(), *onboard_args(mailbox)], env
+    else:
+        cmd, env = side.argv(*onboard_args(mailbox)), side.env(env)
+    return wall_and_cpu(cmd, env, cwd=cwd)
+
+
+def compare_section(
+    rounds: Sequence[tuple[dict[str, Sample], dict[str, Sample]]], baseline: str, lat_text: str, load: str
+) -> str:
+    """The before/now comparison's Markdown: per-round ratios of the wall time, then each side's
+    calls, round trips and critical path (these come from the call log, so load does not move them)."""
+    rows = "\n".join(
+        [ratio_row(f"{run}, wall", [(b[run].wall_ms, n[run].wall_ms) for b, n in rounds], "ms", ".0f") for run in RUNS]
+        + [ratio_row(f"{run}, CPU", [(b[run].cpu_ms, n[run].cpu_ms) for b, n in rounds], "ms", ".0f") for run in RUNS]
+    )
+
+    def shape(side: int, run: str) -> str:
+        """HTTP calls, round trips and median critical path of one side's runs; 'varies' if they differ."""
+        runs = [r[side][run] for r in rounds]
+        calls = sorted({len(x.http) for x in runs})
+        trips = sorted({len(x.groups) for x in runs})
+        crit = statistics.median(x.critical_ms for x in runs)
+        return (f"{'/'.join(map(str, calls))} | {'/'.join(map(str, trips))} | {crit:.0f}")
+
+    def canonical(sample: Sample) -> str:
+        """The chain of round trips with each trip's calls in a fixed order (they went out together)."""
+        return " → ".join(
+            f"({i}) " + " + ".join(sorted(call_label(c) for c in group)) for i, group in enumerate(sample.groups, 1)
+        )
+
+    def chains(run: str) -> str:
+        same = all(Counter(call_label(c) for c in r[0][run].http) == Counter(call_label(c) for c in r[1][run].http)
+                   for r in rounds)
+        calls = "the same calls on both sides" if same else "DIFFERENT calls"
+        b, n = canonical(rounds[0][0][run]), canonical(rounds[0][1][run])
+        if b == n:
+            return f"{calls}; round trips of the first round, on both sides: {n}"
+        return f"{calls}; round trips of the first round, before: {b}; now: {n}"
+
+    shapes = "\n".join(
+        f"| {run} | {label} | {shape(i, run)} |" for run in RUNS for i, label in enumerate(("before", "now"))
+    )
+    notes = "\n".join(f"- {run}: {chains(run)}." for run in RUNS)
+    return f"""
+### Before and after the redesign (issue 11)
+
+The CLI end to end against the same sandbox ({lat_text} per request): *before* = the package at commit
+`{baseline}`, *now* = this tree, both as `python -m esj_provision onboard ...` by the same interpreter and
+dependencies (`PYTHONPATH` selects the package; the benchmark checks which one the child imported).
+{len(rounds)} rounds after a warm-up round, each *before* then *now*, each onboarding a fresh mailbox twice;
+each round gives one ratio per run, so load that drifts during the run weighs on both sides alike.
+*CPU* = the client process's user + system time (the sandbox runs in the benchmark's process, apart).
+Measured at {load}: absolute times are inflated by the load, the ratios are what to read.
+*Verdict*: a sign test over the rounds (slower or faster only when they lean one way, p < 0.05).
+
+{RATIO_HEADER}
+{rows}
+
+| Run | Side | HTTP calls | Sequential round trips | Critical path (ms, median) |
+|---|---|---:|---:|---:|
+{shapes}
+
+(*a/b*: the count varied between rounds; under load, calls that overlap on a quiet machine sometimes
+do not, e.g. the second token request and the Graph $batch.)
+
+{notes}
+"""
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=7, help="onboardings per path and run (default 7)")
+    parser.add_argument("--repeat", type=int, default=5, help="onboardings per path and run (default 5)")
     parser.add_argument("--latency-ms", default="75", help="sandbox latency per request: N or MIN-MAX (default 75)")
+    parser.add_argument("--pairs", type=int, default=6, help="before/now rounds of the CLI (default 6)")
+    parser.add_argument("--baseline", default=DEFAULT_BASELINE,
+                        help=f"the earlier commit to compare with (default {DEFAULT_BASELINE})")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the before/now comparison")
     opts = parser.parse_args()
 
     from esj_provision.sandbox import Sandbox
@@ -129,24 +215,34 @@ def main() -> int:
     latency = opts.latency_ms
     samples: dict[tuple[str, str], list[Sample]] = {(p, r): [] for p in PATHS for r in RUNS}
     next_box = iter(range(1, 10_000))
+    pairs = 0 if opts.no_baseline else opts.pairs
+    rounds: list[tuple[dict[str, Sample], dict[str, Sample]]] = []
+    load = ""
     with tempfile.TemporaryDirectory(prefix="esj-bench-onboard-") as tmp, Sandbox(
-        mailboxes=2 * opts.repeat + 4, latency_ms=latency, seed=7
+        mailboxes=2 * (opts.repeat + 2) + 2 * (pairs + 1), latency_ms=latency, seed=7
     ) as sb:
         scratch = Path(tmp)
         env = sandbox_env(str(scratch / "pycache"), sb.env, ESJ_PROVISION_JOURNAL=str(scratch / "journal.jsonl"))
 
-        def once(path: str, record: bool) -> None:
+        def onboard_twice(path: str, side: Side | None = None) -> dict[str, Sample]:
+            """A fresh mailbox onboarded twice (RUNS) by ``path``: in-process, or the CLI (``side``'s)."""
             mailbox = f"queue{next(next_box):04d}@contoso.com"
+            out = {}
             for run in RUNS:
                 log = sb.calls()
                 seq = log[-1]["seq"] if log else 0
                 if path == "in-process":
-                    wall = in_process(sb, mailbox, scratch / "journal.jsonl", scratch)
+                    wall, cpu = in_process(sb, mailbox, scratch / "journal.jsonl", scratch), float("nan")
                 else:
-                    wall = cli(mailbox, env, scratch)
-                sample = Sample(wall, sb.calls(since=seq))
+                    wall, cpu = cli(mailbox, env, scratch, side)
+                sample = Sample(wall, sb.calls(since=seq), cpu)
                 if run == RUNS[1] and sample.writes:
                     raise SystemExit(f"the second onboarding of {mailbox} made {sample.writes} write call(s)")
+                out[run] = sample
+            return out
+
+        def once(path: str, record: bool) -> None:
+            for run, sample in onboard_twice(path).items():
                 if record:
                     samples[(path, run)].append(sample)
 
@@ -156,6 +252,14 @@ def main() -> int:
             order = PATHS[i % 2 :] + PATHS[: i % 2]
             for path in order:
                 once(path, record=True)
+        if pairs:
+            before, now = sides(opts.baseline)
+            for side in (before, now):
+                side.check(env, scratch)
+            print(f"  onboard: {pairs} rounds of before ({opts.baseline}) and now", file=sys.stderr)
+            alternate(1, lambda side: onboard_twice("CLI", side), before, now)  # warm-up: both trees' .pyc files
+            rounds = alternate(pairs, lambda side: onboard_twice("CLI", side), before, now)
+            load = load_line()
 
     def med(values: Sequence[float]) -> float:
         return statistics.median(values)
@@ -199,11 +303,11 @@ def main() -> int:
         for b in samples[("CLI", run)]
     )
 
-    def wall(path: str, run: str) -> float:
+    def median_wall(path: str, run: str) -> float:
         return med([x.wall_ms for x in samples[(path, run)]])
 
-    ip1, ip2 = wall("in-process", RUNS[0]), wall("in-process", RUNS[1])
-    cli1, cli2 = wall("CLI", RUNS[0]), wall("CLI", RUNS[1])
+    ip1, ip2 = median_wall("in-process", RUNS[0]), median_wall("in-process", RUNS[1])
+    cli1, cli2 = median_wall("CLI", RUNS[0]), median_wall("CLI", RUNS[1])
     crit1 = med([x.critical_ms for x in samples[("in-process", RUNS[0])]])
     crit2 = med([x.critical_ms for x in samples[("in-process", RUNS[1])]])
     ser1 = med([x.serial_ms for x in samples[("in-process", RUNS[0])]])
@@ -218,7 +322,7 @@ Graph, Exchange). {opts.repeat} onboardings per path, each of a fresh mailbox an
 grants Full Access and Send As (reads, writes, read-back), *second* finds both in place and writes
 nothing. *in-process*: `planning.run` on a fresh `Session` (its own sign-in) in a warm interpreter;
 *CLI*: the console script as a subprocess, end to end. Paths interleaved after a warm-up round.
-Measured {today()} on {machine()}.
+Measured {today()} on {machine()}, {load_line()}.
 
 Round trips and server times come from the sandbox's call log: calls whose intervals overlap went out
 together; a call that starts after every earlier one ended had to wait for them. *Critical path* =
@@ -247,11 +351,13 @@ Calls per onboarding, by service (the same on both paths: {"yes" if same_calls e
 - Wall time above the critical path is client work (TLS handshakes of new connections, token
   acquisition in a worker thread, JSON, the journal's fsync per write) and the sandbox's own time.
 
-Reproduce: `scripts/bench onboard` (or `.venv/bin/python benchmarks/bench_onboard.py --repeat {opts.repeat} --latency-ms {latency}`).
+{compare_section(rounds, opts.baseline, lat_text, load) if rounds else ""}
+Reproduce: `scripts/bench onboard` (or `.venv/bin/python benchmarks/bench_onboard.py --repeat {opts.repeat} --latency-ms {latency}
+--pairs {opts.pairs} --baseline {opts.baseline}`).
 """
-    path = write_section("onboard", section)
+    written = write_section("onboard", section)
     print(section)
-    print(f"wrote {path}", file=sys.stderr)
+    print(f"wrote {written}", file=sys.stderr)
     return 0
 
 

@@ -6,8 +6,13 @@ Measures, interleaved in one run, the median wall time of fresh processes:
 ``python -X importtime``, that neither `--help` nor `emit` imports a heavy package (httpx, azure,
 msal, msgraph, aiohttp): those belong inside the commands that talk to Microsoft.
 
+Then, side by side, the same `--help` and `emit` of the package at ``--baseline`` (default 535dc19,
+before issue 11's redesign) and of this tree, both as ``python -m esj_provision`` by this interpreter
+(benchlib's ``Side``): ``--pairs`` rounds of before, now, each round's ratio now ÷ before, and which
+packages one side imports and the other does not (``-X importtime``, to find the cause of a change).
+
 Writes benchmarks/results/startup.md; exits 1 if a heavy package is imported.
-Usage: python benchmarks/bench_startup.py [--repeat N]
+Usage: python benchmarks/bench_startup.py [--repeat N] [--pairs N] [--baseline COMMIT | --no-baseline]
 """
 
 from __future__ import annotations
@@ -16,12 +21,27 @@ import argparse
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import clean_env, interleaved, machine, median_ms, today, write_section
+from benchlib import (
+    DEFAULT_BASELINE,
+    RATIO_HEADER,
+    Side,
+    alternate,
+    clean_env,
+    interleaved,
+    load_line,
+    machine,
+    median_ms,
+    ratio_row,
+    sides,
+    today,
+    wall_and_cpu,
+    write_section,
+)
 
 HEAVY = ("httpx", "azure", "msal", "msgraph", "aiohttp")
 EMIT_ARGS = [
@@ -30,20 +50,24 @@ EMIT_ARGS = [
 ]
 
 
+def import_lines(argv: Sequence[str], env: Mapping[str, str], cwd: str | None = None) -> list[str]:
+    """The ``-X importtime`` report of one run of ``argv`` (a ``python -m esj_provision`` command)."""
+    proc = subprocess.run(
+        [argv[0], "-X", "importtime", *argv[1:]],
+        env=dict(env), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False,
+    )
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(argv)} failed:\n{proc.stderr}")
+    return [line for line in proc.stderr.splitlines()
+            if line.startswith("import time:") and not line.endswith("imported package")]
+
+
 def import_profile(args: Sequence[str], env: dict[str, str]) -> tuple[list[str], list[tuple[str, float]]]:
     """For `python -X importtime -m esj_provision ARGS`: the HEAVY packages it imports, and the
     five costliest top-level imports (module, cumulative ms) to show where the time goes."""
-    proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "esj_provision", *args],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False,
-    )
-    if proc.returncode != 0:
-        raise SystemExit(f"esj-provision {' '.join(args)} failed:\n{proc.stderr}")
     found: set[str] = set()
     costs: list[tuple[str, float]] = []
-    for line in proc.stderr.splitlines():
-        if not line.startswith("import time:") or line.endswith("imported package"):
-            continue
+    for line in import_lines([sys.executable, "-m", "esj_provision", *args], env):
         _, cumulative, name = line.split("|", 2)
         module = name.strip()
         if module.split(".")[0] in HEAVY:
@@ -54,13 +78,93 @@ def import_profile(args: Sequence[str], env: dict[str, str]) -> tuple[list[str],
     return sorted(found), costs[:5]
 
 
+def self_ms_by_package(lines: Sequence[str]) -> dict[str, tuple[float, int]]:
+    """Import self time (ms) and module count per top-level package, from an importtime report."""
+    out: dict[str, tuple[float, int]] = {}
+    for line in lines:
+        self_us, _, name = line.removeprefix("import time:").split("|", 2)
+        top = name.strip().split(".")[0]
+        ms, n = out.get(top, (0.0, 0))
+        out[top] = (ms + int(self_us) / 1000, n + 1)
+    return out
+
+
+def import_diff(before: Sequence[str], now: Sequence[str]) -> str:
+    """What one side imports and the other does not (top-level packages, with their self time), and
+    the project's own modules' import time on each side: where a start-up change comes from."""
+    b, n = self_ms_by_package(before), self_ms_by_package(now)
+
+    def listing(mine: dict[str, tuple[float, int]], other: dict[str, tuple[float, int]]) -> str:
+        extra = sorted(((ms, pkg, k) for pkg, (ms, k) in mine.items() if pkg not in other), reverse=True)
+        return ", ".join(f"`{pkg}` {ms:.1f} ms ({k} modules)" for ms, pkg, k in extra) or "none"
+
+    own_b, own_n = b.get("esj_provision", (0.0, 0)), n.get("esj_provision", (0.0, 0))
+    return (
+        f"only now: {listing(n, b)}; only before: {listing(b, n)}; `esj_provision`'s own modules "
+        f"{own_b[0]:.1f} ms ({own_b[1]}) before, {own_n[0]:.1f} ms ({own_n[1]}) now"
+    )
+
+
 def _fmt(costs: list[tuple[str, float]]) -> str:
     return ", ".join(f"`{module}` {ms:.0f}" for module, ms in costs)
+
+
+def side_by_side(baseline: str, pairs: int, env: Mapping[str, str], scratch: str) -> str:
+    """`--help` and `emit` of the package at ``baseline`` and of this tree, alternated: the
+    comparison's Markdown (a table of per-pair ratios and the import difference)."""
+    before, now = sides(baseline)
+    for side in (before, now):
+        side.check(env, scratch)
+    commands = {"`--help`": ["--help"], "`emit` (the sample above)": EMIT_ARGS}
+
+    def run(side: Side) -> dict[str, tuple[float, float]]:
+        return {name: wall_and_cpu(side.argv(*args), side.env(env), cwd=scratch) for name, args in commands.items()}
+
+    print(f"  startup: {pairs} rounds of before ({baseline}) and now", file=sys.stderr)
+    alternate(2, run, before, now)  # warm-up: .pyc files of both trees, page cache
+    rounds = alternate(pairs, run, before, now)
+    load = load_line()
+    rows = "\n".join(
+        ratio_row(f"{name}, {what}", [(b[name][i] * 1000, n[name][i] * 1000) for b, n in rounds], "ms")
+        for name in commands
+        for i, what in enumerate(("wall", "CPU"))
+    )
+    diffs = "\n".join(
+        f"- {name}: "
+        + import_diff(import_lines(before.argv(*args), before.env(env), scratch),
+                      import_lines(now.argv(*args), now.env(env), scratch))
+        + "."
+        for name, args in commands.items()
+    )
+    return f"""
+### Before and after the redesign (issue 11)
+
+*before* = the package at commit `{baseline}`, *now* = this tree; both run as
+`python -m esj_provision ...` by the same interpreter and dependencies (`PYTHONPATH` selects the
+package; the benchmark checks which one the child imported), from a scratch directory. {pairs} rounds,
+each *before* then *now* for both commands, after 2 warm-up rounds; each round gives one ratio, so load
+that drifts during the run weighs on both sides of it alike. *CPU* = the child's user + system time,
+which waits less on a loaded machine than the wall time does. Measured at {load}: absolute times
+are inflated by the load, the ratios are what to read. *Verdict*: a sign test over the rounds
+(slower or faster only when the rounds lean one way, p < 0.05).
+
+{RATIO_HEADER}
+{rows}
+
+Imports, one `-X importtime` run of each side (top-level packages imported by one side only, with
+their self time; the project's own modules on each side):
+
+{diffs}
+"""
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=15, help="runs per command (default 15)")
+    parser.add_argument("--pairs", type=int, default=20, help="before/now rounds (default 20)")
+    parser.add_argument("--baseline", default=DEFAULT_BASELINE,
+                        help=f"the earlier commit to compare with (default {DEFAULT_BASELINE})")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the before/now comparison")
     opts = parser.parse_args()
 
     py = sys.executable
@@ -71,11 +175,14 @@ def main() -> int:
         "esj-provision --help": [cli, "--help"],
         "esj-provision emit … (graph/graph, cfg)": [cli, *EMIT_ARGS],
     }
+    compared = ""
     with tempfile.TemporaryDirectory(prefix="esj-bench-pycache-") as pycache:
         env = clean_env(pycache)
         samples = interleaved(commands, opts.repeat, env)
         heavy_help, top_help = import_profile(["--help"], env)
         heavy_emit, top_emit = import_profile(EMIT_ARGS, env)
+        if not opts.no_baseline:
+            compared = side_by_side(opts.baseline, opts.pairs, env, pycache)
     med = {name: median_ms(values) for name, values in samples.items()}
     typer_ms = med['python -c "import typer"']
     base_ms = med["python -c pass"]
@@ -93,7 +200,7 @@ def main() -> int:
 
 Median wall time of a fresh process; {opts.repeat} runs per command, interleaved (round-robin,
 rotating order) after 2 warm-up rounds, with bytecode caching on (as for an installed CLI).
-Measured {today()} on {machine()}.
+Measured {today()} on {machine()}, {load_line()}.
 
 | Command | Median (ms) | Min (ms) | Max (ms) | × `import typer` | vs `python -c pass` (ms) |
 |---|---:|---:|---:|---:|---:|
@@ -105,8 +212,9 @@ Measured {today()} on {machine()}.
 - Costliest top-level imports (one `-X importtime` run, cumulative ms):
   `--help`: {_fmt(top_help)}; `emit`: {_fmt(top_emit)}.
 - The sample `emit` is `esj-provision {" ".join(EMIT_ARGS)}`.
-
-Reproduce: `scripts/bench startup` (this section only) or `scripts/bench` (every benchmark).
+{compared}
+Reproduce: `scripts/bench startup` (this section only) or `scripts/bench` (every benchmark), or
+`.venv/bin/python benchmarks/bench_startup.py --repeat {opts.repeat} --pairs {opts.pairs} --baseline {opts.baseline}`.
 """
     path = write_section("startup", section)
     print(section)
