@@ -247,18 +247,18 @@ only say that every round agreed).
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     # Sizes keep the whole benchmark near 3 minutes on a 2-core machine, the comparison included.
-    parser.add_argument("--rows", type=int, default=120, help="manifest rows for our run (default 120)")
-    parser.add_argument("--baseline-rows", type=int, default=30, help="rows for --concurrency 1 (default 30)")
+    parser.add_argument("--rows", type=int, default=100, help="manifest rows for our run (default 100)")
+    parser.add_argument("--baseline-rows", type=int, default=25, help="rows for --concurrency 1 (default 25)")
     parser.add_argument("--throttle-rps", type=float, default=20.0, help="sandbox limit per service (default 20)")
     parser.add_argument("--latency-ms", default="20-60", help="sandbox latency, N or MIN-MAX (default 20-60)")
     parser.add_argument("--slow-latency-ms", default="150-300", help="the Exchange-like latency (default 150-300)")
-    parser.add_argument("--slow-rows", type=int, default=60, help="rows for our run at that latency (default 60)")
-    parser.add_argument("--slow-baseline-rows", type=int, default=15, help="rows for its --concurrency 1 (default 15)")
+    parser.add_argument("--slow-rows", type=int, default=45, help="rows for our run at that latency (default 45)")
+    parser.add_argument("--slow-baseline-rows", type=int, default=10, help="rows for its --concurrency 1 (default 10)")
     parser.add_argument("--no-slow", action="store_true", help="skip the Exchange-like latency runs")
     parser.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="our --concurrency (default 8)")
     parser.add_argument("--repeat", type=int, default=1, help="accepted for scripts/bench; each run is made once")
     parser.add_argument("--pairs", type=int, default=3, help="before/now rounds (default 3)")
-    parser.add_argument("--compare-rows", type=int, default=45, help="rows of each before/now run (default 45)")
+    parser.add_argument("--compare-rows", type=int, default=30, help="rows of each before/now run (default 30)")
     parser.add_argument("--baseline", default=DEFAULT_BASELINE,
                         help=f"the earlier commit to compare with (default {DEFAULT_BASELINE}; not --baseline-rows)")
     parser.add_argument("--no-baseline", action="store_true", help="skip the before/now comparison")

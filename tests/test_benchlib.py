@@ -129,7 +129,7 @@ def test_verdicts() -> None:
 def test_ratio_row_reads_medians_ratios_and_verdict() -> None:
     row = benchlib.ratio_row("`--help`", [(100.0, 110.0), (120.0, 126.0), (80.0, 96.0)], "ms")
     assert row == (
-        "| `--help` | 100.0 ms | 110.0 ms | **1.100** | 1.050 | 1.200 | 3 "
+        "| `--help` | 100.0 ms | 110.0 ms | **1.100** | 1.050 | 1.200 | 1.200 | 3 "
         "| slower in 3 of 3 rounds: too few rounds for the sign test |"
     )
     assert row.count("|") == benchlib.RATIO_HEADER.splitlines()[0].count("|")
