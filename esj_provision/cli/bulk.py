@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from ..errors import ExitStatus, UsageError
-from ..models import Inbound, Outbound
 from ._common import from_env, run_async
 from ._options import tenant_command
 
@@ -172,6 +171,8 @@ def ews_rows_warning(path: Path) -> str | None:
 
 
 def ews_warning_needed(row: Any) -> bool:
+    from ..models import Inbound, Outbound
+
     return Inbound.EWS is row.inbound or Outbound.EWS is row.outbound
 
 
