@@ -11,13 +11,20 @@ before issue 11's redesign) and of this tree, both as ``python -m esj_provision`
 (benchlib's ``Side``): ``--pairs`` rounds of before, now, each round's ratio now ÷ before, and which
 packages one side imports and the other does not (``-X importtime``, to find the cause of a change).
 
+With ``--instructions`` (needs valgrind; about half a minute per run under callgrind) it also
+counts the instructions each side executes, once per command: a count that the machine's load
+does not change, where the times above only approach the truth as rounds add up.
+
 Writes benchmarks/results/startup.md; exits 1 if a heavy package is imported.
 Usage: python benchmarks/bench_startup.py [--repeat N] [--pairs N] [--baseline COMMIT | --no-baseline]
+       [--instructions]
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -109,7 +116,23 @@ def _fmt(costs: list[tuple[str, float]]) -> str:
     return ", ".join(f"`{module}` {ms:.0f}" for module, ms in costs)
 
 
-def side_by_side(baseline: str, pairs: int, env: Mapping[str, str], scratch: str) -> str:
+def instructions(argv: Sequence[str], env: Mapping[str, str], cwd: str) -> int:
+    """Instructions executed by one run of ``argv`` under valgrind's callgrind (hash seed fixed)."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("--instructions needs valgrind on PATH")
+    proc = subprocess.run(
+        [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", *argv],
+        env={**env, "PYTHONHASHSEED": "0"}, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        check=False,
+    )
+    found = re.search(r"Collected\s*:\s*(\d+)", proc.stderr)
+    if proc.returncode != 0 or found is None:
+        raise SystemExit(f"valgrind {' '.join(argv)} failed:\n{proc.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def side_by_side(baseline: str, pairs: int, env: Mapping[str, str], scratch: str, count: bool) -> str:
     """`--help` and `emit` of the package at ``baseline`` and of this tree, alternated: the
     comparison's Markdown (a table of per-pair ratios and the import difference)."""
     before, now = sides(baseline)
@@ -136,6 +159,19 @@ def side_by_side(baseline: str, pairs: int, env: Mapping[str, str], scratch: str
         + "."
         for name, args in commands.items()
     )
+    counted = ""
+    if count:
+        print("  startup: counting instructions under valgrind", file=sys.stderr)
+        lines = []
+        for name, args in commands.items():
+            b = instructions(before.argv(*args), before.env(env), scratch)
+            n = instructions(now.argv(*args), now.env(env), scratch)
+            lines.append(f"| {name} | {b / 1e6:,.1f} M | {n / 1e6:,.1f} M | **{n / b:.3f}** |")
+        counted = (
+            "\nInstructions executed, one run of each side under valgrind's callgrind (`PYTHONHASHSEED=0`): a\n"
+            "count the machine's load does not change.\n\n"
+            "| Command | Before | Now | Now ÷ before |\n|---|---:|---:|---:|\n" + "\n".join(lines) + "\n"
+        )
     return f"""
 ### Before and after the redesign (issue 11)
 
@@ -150,7 +186,7 @@ are inflated by the load, the ratios are what to read. *Verdict*: a sign test ov
 
 {RATIO_HEADER}
 {rows}
-
+{counted}
 Imports, one `-X importtime` run of each side (top-level packages imported by one side only, with
 their self time; the project's own modules on each side):
 
@@ -165,6 +201,8 @@ def main() -> int:
     parser.add_argument("--baseline", default=DEFAULT_BASELINE,
                         help=f"the earlier commit to compare with (default {DEFAULT_BASELINE})")
     parser.add_argument("--no-baseline", action="store_true", help="skip the before/now comparison")
+    parser.add_argument("--instructions", action="store_true",
+                        help="also count each side's instructions under valgrind (slow, load-proof)")
     opts = parser.parse_args()
 
     py = sys.executable
@@ -182,7 +220,7 @@ def main() -> int:
         heavy_help, top_help = import_profile(["--help"], env)
         heavy_emit, top_emit = import_profile(EMIT_ARGS, env)
         if not opts.no_baseline:
-            compared = side_by_side(opts.baseline, opts.pairs, env, pycache)
+            compared = side_by_side(opts.baseline, opts.pairs, env, pycache, opts.instructions)
     med = {name: median_ms(values) for name, values in samples.items()}
     typer_ms = med['python -c "import typer"']
     base_ms = med["python -c pass"]
@@ -214,7 +252,7 @@ Measured {today()} on {machine()}, {load_line()}.
 - The sample `emit` is `esj-provision {" ".join(EMIT_ARGS)}`.
 {compared}
 Reproduce: `scripts/bench startup` (this section only) or `scripts/bench` (every benchmark), or
-`.venv/bin/python benchmarks/bench_startup.py --repeat {opts.repeat} --pairs {opts.pairs} --baseline {opts.baseline}`.
+`.venv/bin/python benchmarks/bench_startup.py --repeat {opts.repeat} --pairs {opts.pairs} --baseline {opts.baseline}{" --instructions" if opts.instructions else ""}`.
 """
     path = write_section("startup", section)
     print(section)
