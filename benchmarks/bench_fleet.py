@@ -37,23 +37,19 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import ROOT, call_start, http_calls, machine, sandbox_env, today, write_manifest, write_section
+from benchlib import (
+    Side,
+    baseline_tree,
+    call_start,
+    http_calls,
+    machine,
+    sandbox_env,
+    today,
+    write_manifest,
+    write_section,
+)
 
 COMMANDS = ("bulk, new mailboxes", "bulk again, unchanged", "audit")
-
-
-def baseline_tree(commit: str) -> Path:
-    """The package at ``commit``, exported once (git archive: no worktree, no checkout of ours)."""
-    dest = ROOT / ".venv" / f"bench-baseline-{commit}"
-    if not (dest / "esj_provision" / "__init__.py").exists():
-        dest.mkdir(parents=True, exist_ok=True)
-        archive = subprocess.run(
-            ["git", "-C", str(ROOT), "archive", "--format=tar", commit, "esj_provision"],
-            check=True,
-            capture_output=True,
-        ).stdout
-        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
-    return dest
 
 
 @dataclass
@@ -143,18 +139,10 @@ def measure(version: str, pythonpath: Path | None, tenant: str, sandbox: dict[st
     with tempfile.TemporaryDirectory(prefix="esj-bench-fleet-") as tmp, Sandbox(mailboxes=rows, **sandbox) as sb:
         scratch = Path(tmp)
         manifest = write_manifest(scratch / "manifest.csv", rows)
-        extra = {"ESJ_PROVISION_JOURNAL": str(scratch / "journal.jsonl")}
-        if pythonpath is not None:
-            extra["PYTHONPATH"] = str(pythonpath)
-        env = sandbox_env(str(scratch / "pycache"), sb.env, **extra)
-        where = subprocess.run(
-            [sys.executable, "-c", "import esj_provision, os; print(os.path.dirname(esj_provision.__file__))"],
-            env=env, cwd=scratch, capture_output=True, text=True, check=True,
-        ).stdout.strip()
-        expected = (pythonpath or ROOT) / "esj_provision"
-        if Path(where).resolve() != expected.resolve():
-            raise SystemExit(f"{version}: the child imported {where}, not {expected}")
-        cli = [sys.executable, "-m", "esj_provision"]
+        side = Side(version, pythonpath)
+        env = side.env(sandbox_env(str(scratch / "pycache"), sb.env, ESJ_PROVISION_JOURNAL=str(scratch / "journal.jsonl")))
+        side.check(env, scratch)
+        cli = side.argv()
         bulk = [*cli, "bulk", str(manifest), "--format", "json", "--out-dir", str(scratch / "out")]
         argvs = [(bulk, (0,)), (bulk, (0,)), ([*cli, "audit", str(manifest), "--format", "json"], (0, 3))]
         for command, (argv, ok) in zip(COMMANDS, argvs):
