@@ -237,12 +237,14 @@ rate limit's 429s (the call log does not tell the two apart).
   documented), {old_slow.exchange_use_whole:.2f} → **{new_slow.exchange_use_whole:.2f}** (Graph slower). With few calls per row, a
   short run's fixed costs (interpreter start, sign-in, the listings before the first row) weigh more
   in the whole-run ratio.
-- Graph: `bulk` now takes a listed mailbox's type from the shared-mailbox listing, so its row costs
-  one Graph item (the user) instead of two and no Outlook read. `audit` still reads each type from
-  Graph (a mailbox Graph cannot read over REST is drift), one Outlook batch at a time: no Outlook
-  429 with Graph as documented, where the earlier design's concurrent batches overran the limit.
-  With Graph slower, audit is bound by Graph (two items per row at {opts.graph_rps:g}/s, and the throttled
-  items' retries), not by Exchange.
+- Graph: `bulk` and `audit` take a listed mailbox's type from the shared-mailbox listing, so a row
+  costs one Graph item (the user) instead of two and no Outlook read (`audit` still asks Graph where
+  ESJ uses GRAPH: a mailbox Graph cannot read over REST is drift there; Outlook reads go one batch
+  at a time, never over Graph's Outlook limit).
+- Not reached: with Graph slower, the re-run and `audit` keep Exchange busy only about half the
+  whole run (goal 0.8). Their runs are short (one Exchange call per row), the first Graph batches
+  come back throttled before the pacer has learnt Graph's rate, and Exchange waits for those
+  lookups (the longest idle above).
 
 Reproduce: `scripts/bench fleet` (or `{cmdline}`).
 """
