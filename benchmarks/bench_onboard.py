@@ -101,14 +101,14 @@ def in_process(sb: Any, mailbox: str, journal: Path, scratch: Path) -> float:
     Session (so its own sign-in), the journal, provision.onboard.run. Wall seconds."""
     from esj_provision.config import load_settings
     from esj_provision.microsoft.session import Session
-    from esj_provision.models import Inbound, Outbound
+    from esj_provision.models import Inbound, Outbound, UserTrustee
     from esj_provision.provision.journal import Journal
     from esj_provision.provision.onboard import run
     from esj_provision.provision.request import OnboardRequest
 
     async def go() -> Any:
         settings = load_settings(environ=sb.env, dotenv_path=scratch / "no.env")
-        request = OnboardRequest(mailbox, TRUSTEE, Inbound(INBOUND), Outbound(OUTBOUND))
+        request = OnboardRequest(mailbox, UserTrustee(TRUSTEE), Inbound(INBOUND), Outbound(OUTBOUND))
         async with Session(settings) as session:
             with Journal(journal, secrets=settings.secrets) as j:
                 j.write("run-start", command="onboard", mailbox=mailbox, trustee=TRUSTEE)

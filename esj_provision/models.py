@@ -266,8 +266,14 @@ class UserTrustee:
     address: str
     kind = "user"
 
+    @classmethod
+    def parse(cls, text: str, what: str = "trustee") -> UserTrustee:
+        """The account as the admin typed it (a flag), checked and normalised: the edge's constructor."""
+        return cls(parse_address(text, what))
+
     @property
     def ref(self) -> str:
+        """How the admin named the trustee: what results, the journal and Graph lookups key on."""
         return self.address
 
     @property
@@ -291,6 +297,11 @@ class AppTrustee:
     client_id: str
     kind = "app"
 
+    @classmethod
+    def parse(cls, text: str, what: str = "trustee app client id") -> AppTrustee:
+        """The client id as given, checked and lowercased (one spelling, so a run caches it once)."""
+        return cls(parse_guid(text, what))
+
     @property
     def ref(self) -> str:
         return self.client_id
@@ -309,7 +320,3 @@ class AppTrustee:
 
 
 Trustee = UserTrustee | AppTrustee
-
-
-def trustee_of(ref: str, *, is_app: bool) -> Trustee:
-    return AppTrustee(ref) if is_app else UserTrustee(ref)

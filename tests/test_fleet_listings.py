@@ -22,12 +22,14 @@ import pytest
 from esj_provision.errors import AccessDeniedError, ServiceError
 from esj_provision.fleet.listings import FleetListings, verify_batch_size, verify_send_as
 from esj_provision.models import (
+    AppTrustee,
     DirectoryUser,
     ExchangeMailbox,
     RecipientPermissionRow,
     Right,
     SendAsGrant,
     State,
+    UserTrustee,
 )
 from esj_provision.provision.onboard import Delegation, OnboardRequest, Plan
 from esj_provision.sandbox import Sandbox
@@ -80,7 +82,7 @@ class FakeSession:
 
 
 def plan_for(n: int, trustee: DirectoryUser = TRUSTEE, *, oid: str | None = None) -> Plan:
-    plan = Plan(mode="onboard", request=OnboardRequest(mailbox=f"queue{n}@contoso.com", trustee=trustee.mail or ""))
+    plan = Plan(mode="onboard", request=OnboardRequest(mailbox=f"queue{n}@contoso.com", trustee=UserTrustee(trustee.mail or "")))
     plan.mailbox = DirectoryUser(oid or f"oid-{n}", f"queue{n}@contoso.com", f"queue{n}@contoso.com", None, False)
     plan.trustee = trustee
     return plan
@@ -130,7 +132,7 @@ def test_rows_the_listing_cannot_answer_are_read_per_mailbox() -> None:
     assert run(states()) == [None, None, None]
     assert not listings.covers(plan_for(1, SYNCED))
     app_plan = plan_for(1)
-    app_plan.request.trustee_is_app = True
+    app_plan.request.trustee = AppTrustee("2db3fd6d-47fc-4750-ace0-99b31d4ba2de")
     assert not listings.covers(app_plan)
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from esj_provision.errors import ConfigError, ManifestError, UsageError
 from esj_provision.fleet.manifest import MAX_LISTED_PROBLEMS, ManifestInfo, ManifestRow, rows, validate
-from esj_provision.models import Inbound, Outbound
+from esj_provision.models import Inbound, Outbound, UserTrustee
 
 HEADER = "mailbox,trustee,inbound,outbound"
 GOOD = "a@contoso.com,esj@contoso.com,imap,smtp"
@@ -56,9 +56,9 @@ def test_valid_csv_is_counted_and_streamed_with_line_numbers(tmp_path: Path) -> 
     )
     assert validate(path) == ManifestInfo(path, 3)
     assert list(rows(path)) == [
-        ManifestRow(2, "a@contoso.com", "esj@contoso.com", Inbound.IMAP, Outbound.SMTP, True, False, None),
-        ManifestRow(3, "b@contoso.com", "esj@contoso.com", Inbound.EWS, Outbound.GRAPH, False, True, "esj-prod.1"),
-        ManifestRow(4, "c@contoso.com", "esj@contoso.com", Inbound.GRAPH, Outbound.EWS, False, True, None),
+        ManifestRow(2, "a@contoso.com", UserTrustee("esj@contoso.com"), Inbound.IMAP, Outbound.SMTP, True, False, None),
+        ManifestRow(3, "b@contoso.com", UserTrustee("esj@contoso.com"), Inbound.EWS, Outbound.GRAPH, False, True, "esj-prod.1"),
+        ManifestRow(4, "c@contoso.com", UserTrustee("esj@contoso.com"), Inbound.GRAPH, Outbound.EWS, False, True, None),
     ]
 
 
@@ -154,7 +154,7 @@ def test_column_order_is_free_and_header_case_insensitive(tmp_path: Path) -> Non
     (row,) = rows(path)
     assert (row.mailbox, row.trustee, row.inbound, row.outbound, row.send_as) == (
         "a@contoso.com",
-        "esj@contoso.com",
+        UserTrustee("esj@contoso.com"),
         Inbound.EWS,
         Outbound.GRAPH,
         False,
@@ -166,7 +166,7 @@ def test_values_are_stripped_and_protocols_case_insensitive(tmp_path: Path) -> N
     (row,) = rows(path)
     assert (row.mailbox, row.trustee, row.inbound, row.outbound) == (
         "a@contoso.com",
-        "esj@contoso.com",
+        UserTrustee("esj@contoso.com"),
         Inbound.IMAP,
         Outbound.SMTP,
     )
@@ -500,8 +500,8 @@ def test_yaml_list_form(tmp_path: Path) -> None:
     path = write(tmp_path, YAML_LIST, "manifest.yaml")
     assert validate(path).rows == 2
     assert list(rows(path)) == [
-        ManifestRow(2, "a@contoso.com", "esj@contoso.com", Inbound.IMAP, Outbound.SMTP, True, False, None),
-        ManifestRow(7, "b@contoso.com", "esj@contoso.com", Inbound.GRAPH, Outbound.GRAPH, False, True, "prod"),
+        ManifestRow(2, "a@contoso.com", UserTrustee("esj@contoso.com"), Inbound.IMAP, Outbound.SMTP, True, False, None),
+        ManifestRow(7, "b@contoso.com", UserTrustee("esj@contoso.com"), Inbound.GRAPH, Outbound.GRAPH, False, True, "prod"),
     ]
 
 

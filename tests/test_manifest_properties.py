@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from esj_provision.errors import ConfigError, ManifestError
 from esj_provision.fleet.manifest import MAX_LISTED_PROBLEMS, OPTIONAL, REQUIRED, ManifestRow, rows, validate
-from esj_provision.models import Inbound, Outbound
+from esj_provision.models import Inbound, Outbound, UserTrustee
 
 BOM = b"\xef\xbb\xbf"
 FAST = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -273,7 +273,7 @@ def valid_manifests(draw: st.DrawFn) -> Generated:
             # An empty instance may be written as a quoted multi-line blank: it moves later rows down.
             row["esj_instance"] = instance if instance is not None else draw(st.sampled_from(["", " ", "\n", " \n\n "]))
         cells.append(row)
-        expected.append(ManifestRow(0, mailbox, trustee, inbound, outbound, send_as, auto, instance))
+        expected.append(ManifestRow(0, mailbox, UserTrustee(trustee), inbound, outbound, send_as, auto, instance))
     return Generated(columns, cells, expected)
 
 

@@ -245,6 +245,7 @@ def test_token_expiring_mid_run_is_refreshed_before_use(tmp_path: Path) -> None:
 
     from esj_provision.config import load_settings
     from esj_provision.microsoft.session import Session
+    from esj_provision.models import UserTrustee
     from esj_provision.provision.journal import Journal
     from esj_provision.provision.onboard import OnboardRequest, run
 
@@ -259,7 +260,7 @@ def test_token_expiring_mid_run_is_refreshed_before_use(tmp_path: Path) -> None:
                 with Journal(tmp_path / "j.jsonl") as journal:
                     plan = await run(
                         session,
-                        OnboardRequest("support@contoso.com", TRUSTEE),
+                        OnboardRequest("support@contoso.com", UserTrustee(TRUSTEE)),
                         mode="onboard",
                         dry_run=False,
                         journal=journal,
@@ -279,6 +280,7 @@ def test_token_revoked_mid_run_gets_one_fresh_token(tmp_path: Path) -> None:
 
     from esj_provision.config import load_settings
     from esj_provision.microsoft.session import Session
+    from esj_provision.models import UserTrustee
     from esj_provision.provision.onboard import OnboardRequest, run
 
     with Sandbox() as sb:
@@ -293,7 +295,7 @@ def test_token_revoked_mid_run_gets_one_fresh_token(tmp_path: Path) -> None:
                 with Journal(tmp_path / "j.jsonl") as journal:
                     return await run(
                         session,
-                        OnboardRequest("support@contoso.com", TRUSTEE),
+                        OnboardRequest("support@contoso.com", UserTrustee(TRUSTEE)),
                         mode="onboard",
                         dry_run=False,
                         journal=journal,

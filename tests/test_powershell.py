@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from esj_provision.models import DirectoryUser, Right, State
+from esj_provision.models import DirectoryUser, Right, State, UserTrustee
 from esj_provision.provision.onboard import Delegation, OnboardRequest, Plan
 from esj_provision.provision.powershell import command_for, quote, to_powershell
 
@@ -48,7 +48,7 @@ def plan(
     *delegations: Delegation,
     mode: str = "onboard",
 ) -> Plan:
-    p = Plan(mode=mode, request=OnboardRequest(mailbox, trustee))  # type: ignore[arg-type]
+    p = Plan(mode=mode, request=OnboardRequest(mailbox, UserTrustee(trustee)))  # type: ignore[arg-type]
     p.delegations = list(delegations)
     return p
 

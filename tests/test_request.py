@@ -9,7 +9,7 @@ import pytest
 
 from esj_provision.errors import ManifestError, UsageError
 from esj_provision.fleet.manifest import validate
-from esj_provision.models import Inbound, Outbound
+from esj_provision.models import AppTrustee, Inbound, Outbound, UserTrustee
 from esj_provision.provision.request import OnboardRequest, esj_client_id_for, scope_app_for
 
 APP = "9b1c7a52-1111-4222-8333-444455556666"
@@ -18,7 +18,7 @@ OTHER = "0a0a0a0a-0000-4000-8000-000000000000"
 
 def flags_error(mailbox: str, trustee: str, inbound: str, outbound: str) -> str:
     with pytest.raises(UsageError) as caught:
-        OnboardRequest.create(mailbox=mailbox, trustee=trustee, trustee_is_app=False, inbound=inbound,
+        OnboardRequest.create(mailbox=mailbox, trustee=UserTrustee.parse(trustee), inbound=inbound,
                               outbound=outbound)
     return caught.value.message
 
@@ -48,24 +48,24 @@ def test_flags_and_manifest_rows_refuse_alike_in_the_same_words(
 
 
 def test_send_as_is_never_asked_for_an_app_trustee() -> None:
-    app = OnboardRequest.create(mailbox="q@contoso.com", trustee=APP.upper(), trustee_is_app=True,
+    app = OnboardRequest.create(mailbox="q@contoso.com", trustee=AppTrustee.parse(APP.upper()),
                                 inbound="imap", outbound="smtp", send_as=True)
-    user = OnboardRequest.create(mailbox="q@contoso.com", trustee="svc@contoso.com", trustee_is_app=False,
+    user = OnboardRequest.create(mailbox="q@contoso.com", trustee=UserTrustee.parse("svc@contoso.com"),
                                  inbound="imap", outbound="smtp", send_as=True)
-    assert (app.send_as, app.trustee) == (False, APP) and user.send_as is True
+    assert (app.send_as, app.trustee) == (False, AppTrustee(APP)) and user.send_as is True
 
 
 def test_scope_esj_app_needs_graph() -> None:
-    imap = OnboardRequest("q@contoso.com", "svc@contoso.com", Inbound.IMAP, Outbound.SMTP)
-    graph = OnboardRequest("q@contoso.com", "svc@contoso.com", Inbound.GRAPH, Outbound.SMTP)
+    imap = OnboardRequest("q@contoso.com", UserTrustee("svc@contoso.com"), Inbound.IMAP, Outbound.SMTP)
+    graph = OnboardRequest("q@contoso.com", UserTrustee("svc@contoso.com"), Inbound.GRAPH, Outbound.SMTP)
     with pytest.raises(UsageError, match="needs --inbound graph"):
         scope_app_for(imap, APP)
     assert scope_app_for(graph, APP.upper()) == APP and scope_app_for(imap, None) is None
 
 
 def test_the_esj_client_id_names_the_one_app_esj_signs_in_as() -> None:
-    by_app = OnboardRequest("q@contoso.com", APP, Inbound.GRAPH, Outbound.GRAPH, trustee_is_app=True)
-    by_user = OnboardRequest("q@contoso.com", "svc@contoso.com", Inbound.GRAPH, Outbound.GRAPH)
+    by_app = OnboardRequest("q@contoso.com", AppTrustee(APP), Inbound.GRAPH, Outbound.GRAPH)
+    by_user = OnboardRequest("q@contoso.com", UserTrustee("svc@contoso.com"), Inbound.GRAPH, Outbound.GRAPH)
     assert esj_client_id_for(by_app, None, None) == APP
     assert esj_client_id_for(by_user, APP, None) == APP
     assert esj_client_id_for(by_user, None, OTHER) == OTHER

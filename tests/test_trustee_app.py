@@ -17,6 +17,7 @@ from sandbox_fixtures import SandboxClient
 from typer.testing import Result
 
 from esj_provision.fleet.manifest import rows, validate
+from esj_provision.models import AppTrustee, UserTrustee
 from esj_provision.provision.journal import read_journal
 from esj_provision.sandbox import Sandbox
 
@@ -250,8 +251,8 @@ def test_manifest_accepts_an_app_client_id_as_trustee(tmp_path: Path) -> None:
                     "b@contoso.com,esj@contoso.com,imap,smtp")
     assert validate(path).rows == 2
     app_row, user_row = rows(path)
-    assert app_row.trustee == "2db3fd6d-47fc-4750-ace0-99b31d4ba2de" and app_row.trustee_is_app
-    assert not user_row.trustee_is_app
+    assert app_row.trustee == AppTrustee("2db3fd6d-47fc-4750-ace0-99b31d4ba2de")
+    assert user_row.trustee == UserTrustee("esj@contoso.com")
 
 
 def test_bulk_with_an_app_trustee_registers_once(cli: Cli, tenant: Sandbox, tmp_path: Path) -> None:
@@ -327,3 +328,47 @@ def test_bulk_resume_reconciles_an_interrupted_registration(cli: Cli, tenant: Sa
               if x.get("event") == "reconciled" and x.get("op") == "new-service-principal"]
     assert rec["outcome"] == "applied" and rec["run_of_intent"] == "crashed"
     assert json.loads(r.stdout.strip().splitlines()[-1])["summary"]["reconciled_in_flight_writes"] == 1
+
+
+# Written by the code before the typed trustee (commit ca558fb), a run that crashed after sending
+# these four writes: one account row (queue0001) and one app row (queue0002). The keys name the
+# trustee as Exchange knew it (the account's UPN, the app's service principal), never its kind.
+OLD_CRASHED_JOURNAL = """\
+{"ts": "2026-12-01T03:18:24Z", "run": "a108398bcd1c", "event": "run-start", "command": "bulk", "manifest": "m.csv", "rows": 2}
+{"ts": "2026-12-01T03:18:24Z", "run": "a108398bcd1c", "event": "intent", "op": "new-service-principal", "mailbox": "(organization)", "trustee": "2db3fd6d-47fc-4750-ace0-99b31d4ba2de", "key": "new-service-principal|(organization)|2db3fd6d-47fc-4750-ace0-99b31d4ba2de", "attempt": 1}
+{"ts": "2026-12-01T03:18:24Z", "run": "a108398bcd1c", "event": "intent", "op": "add-full-access", "mailbox": "queue0001@contoso.com", "trustee": "esj-svc@contoso.onmicrosoft.com", "key": "add-full-access|queue0001@contoso.com|esj-svc@contoso.onmicrosoft.com", "attempt": 1}
+{"ts": "2026-12-01T03:18:24Z", "run": "a108398bcd1c", "event": "intent", "op": "add-send-as", "mailbox": "queue0001@contoso.com", "trustee": "esj-svc@contoso.onmicrosoft.com", "key": "add-send-as|queue0001@contoso.com|esj-svc@contoso.onmicrosoft.com", "attempt": 1}
+{"ts": "2026-12-01T03:18:24Z", "run": "a108398bcd1c", "event": "intent", "op": "add-full-access", "mailbox": "queue0002@contoso.com", "trustee": "4dff7df5-6bb2-41a3-8d9f-4d274f8dd038", "key": "add-full-access|queue0002@contoso.com|4dff7df5-6bb2-41a3-8d9f-4d274f8dd038", "attempt": 1}
+"""
+
+
+def test_bulk_resumes_a_journal_the_boolean_trustee_code_wrote(cli: Cli, tenant: Sandbox, tmp_path: Path) -> None:
+    """The typed trustee changes no journal key: a run the old code left in flight is settled from
+    the tenant (what was applied is not sent again), for account and app rows alike."""
+    from esj_provision.provision.journal import open_intents
+
+    sp_id, _ = esj_ids(tenant)
+    assert (tenant.esj_app_id, sp_id) == ("2db3fd6d-47fc-4750-ace0-99b31d4ba2de", "4dff7df5-6bb2-41a3-8d9f-4d274f8dd038")
+    register(tenant, sp_id)  # what the crashed run did: registered the app and granted the account Full Access
+    tenant.mutate("add-grant", mailbox="queue0001@contoso.com", trustee=tenant.esj_account, right="FullAccess")
+    cli.journal.write_text(OLD_CRASHED_JOURNAL, encoding="utf-8")  # type: ignore[attr-defined]
+    path = manifest(tmp_path, f"queue0001@contoso.com,{tenant.esj_account},imap,smtp",
+                    f"queue0002@contoso.com,{tenant.esj_app_id},imap,smtp")
+    mark = len(tenant.calls())
+    r = cli("bulk", str(path), "--out-dir", str(tmp_path / "out"), "--format", "json")
+    assert r.exit_code == 0, r.stdout + r.stderr
+    settled = {x["key"]: x["outcome"] for x in read_journal(cli.journal)  # type: ignore[attr-defined]
+               if x.get("event") == "reconciled" and x.get("run_of_intent") == "a108398bcd1c"}
+    assert settled == {
+        f"new-service-principal|(organization)|{tenant.esj_app_id}": "applied",
+        "add-full-access|queue0001@contoso.com|esj-svc@contoso.onmicrosoft.com": "applied",
+        "add-send-as|queue0001@contoso.com|esj-svc@contoso.onmicrosoft.com": "not-applied",
+        f"add-full-access|queue0002@contoso.com|{sp_id}": "not-applied",
+    }
+    assert open_intents(cli.journal) == {}  # type: ignore[attr-defined]
+    # Only what the crash left undone is sent: Send As for the account, Full Access for the app.
+    assert sorted((c["cmdlet"], str(c["parameters"]["Identity"]).lower()) for c in cmdlets(tenant, mark)) == [
+        ("Add-MailboxPermission", "queue0002@contoso.com"),
+        ("Add-RecipientPermission", "queue0001@contoso.com"),
+    ]
+    assert json.loads(r.stdout.strip().splitlines()[-1])["summary"]["reconciled_in_flight_writes"] == 4

@@ -19,7 +19,7 @@ from esj_provision.fleet.manifest import ManifestRow
 from esj_provision.fleet.unlisted import Listing, discover, resolve_trustees
 from esj_provision.microsoft.exchange import parse_permission_row, parse_recipient_permission_row
 from esj_provision.microsoft.graph import LookupResult
-from esj_provision.models import DirectoryUser, ExchangeMailbox, Inbound, Outbound, SendAsGrant
+from esj_provision.models import DirectoryUser, ExchangeMailbox, Inbound, Outbound, SendAsGrant, UserTrustee
 
 SVC = DirectoryUser("6ef40935-0000-0000-0000-000000000001", "esj-svc@contoso.onmicrosoft.com",
                     "esj-svc@contoso.com", "ESJ Service Account", True)  # fmt: skip
@@ -126,7 +126,7 @@ class FakeSession:
 
 
 def row(mailbox: str, trustee: str = "esj-svc@contoso.com", line: int = 2) -> ManifestRow:
-    return ManifestRow(line, mailbox, trustee, Inbound.IMAP, Outbound.SMTP)
+    return ManifestRow(line, mailbox, UserTrustee(trustee), Inbound.IMAP, Outbound.SMTP)
 
 
 def run(session: FakeSession, listing: Listing, refs: list[str]) -> Any:

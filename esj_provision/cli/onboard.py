@@ -15,6 +15,7 @@ from ._options import tenant_command
 
 if TYPE_CHECKING:
     from ..config import Settings
+    from ..models import Trustee
 
 FORMATS = ("table", "json", "cfg")
 JournalOpt = typer.Option(
@@ -49,7 +50,7 @@ async def _run(
                 scope = await run_scope(session, scope_app, plan.mailbox_id, roles, dry_run=True, journal=None)
             return plan, scope
         with Journal(journal_path or default_journal_path(), secrets=settings.secrets) as journal:
-            journal.write("run-start", command=mode, mailbox=request.mailbox, trustee=request.trustee)
+            journal.write("run-start", command=mode, mailbox=request.mailbox, trustee=request.trustee.ref)
             plan = await run(session, request, mode=mode, dry_run=False, journal=journal)
             scope = None
             if scope_app and not plan.failed:
@@ -84,9 +85,9 @@ def _finish(plan: Any, scope: Any = None) -> None:
         raise typer.Exit(1)
 
 
-def _trustee(trustee: str | None, trustee_app: str | None, what: str) -> tuple[str, bool]:
-    """The trustee and whether it is an app: exactly one of --trustee and --trustee-app."""
-    from ..models import parse_address, parse_guid
+def _trustee(trustee: str | None, trustee_app: str | None, what: str) -> Trustee:
+    """The typed trustee: exactly one of --trustee (an account) and --trustee-app (an ESJ app)."""
+    from ..models import AppTrustee, UserTrustee
 
     if trustee and trustee_app:
         raise UsageError(
@@ -95,9 +96,9 @@ def _trustee(trustee: str | None, trustee_app: str | None, what: str) -> tuple[s
             "signs in as its app (client credentials)",
         )
     if trustee_app:
-        return parse_guid(trustee_app, "--trustee-app client id"), True
+        return AppTrustee.parse(trustee_app, "--trustee-app client id")
     if trustee:
-        return parse_address(trustee, "trustee"), False
+        return UserTrustee.parse(trustee)
     raise UsageError(f"give --trustee ACCOUNT or --trustee-app CLIENT_ID ({what})")
 
 
@@ -182,11 +183,9 @@ def onboard(
         raise UsageError(f"unknown format {fmt!r}", hint="choose one of: " + ", ".join(FORMATS))
     if as_powershell and not dry_run:
         raise UsageError("--as-powershell prints a script for review: use it with --dry-run")
-    who, is_app = _trustee(trustee, trustee_app, "who gets Full Access")
     request = OnboardRequest.create(
         mailbox=mailbox,
-        trustee=who,
-        trustee_is_app=is_app,
+        trustee=_trustee(trustee, trustee_app, "who gets Full Access"),
         inbound=inbound,
         outbound=outbound,
         send_as=send_as,
@@ -331,8 +330,8 @@ def offboard(
         raise UsageError(f"unknown format {fmt!r}", hint="choose one of: table, json")
     if as_powershell and not dry_run:
         raise UsageError("--as-powershell prints a script for review: use it with --dry-run")
-    who, is_app = _trustee(trustee, trustee_app, "whose delegations are removed")
-    request = OnboardRequest(mailbox=parse_address(mailbox, "mailbox"), trustee=who, trustee_is_app=is_app)
+    who = _trustee(trustee, trustee_app, "whose delegations are removed")
+    request = OnboardRequest(mailbox=parse_address(mailbox, "mailbox"), trustee=who)
     plan, _ = run_async(_run(settings, request, mode="offboard", dry_run=dry_run, journal_path=journal))
     _render(plan, None, fmt_key, None, as_powershell)
     _finish(plan)

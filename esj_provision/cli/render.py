@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, TextIO
 
-from ..models import Right, State
+from ..models import AppTrustee, Right, State
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -80,18 +80,18 @@ def next_steps(plan: Plan) -> list[str]:
         )
         if not plan.dry_run and any(d.outcome == "applied" for d in plan.delegations):
             steps.append(PROPAGATION_NOTE)
-        if plan.request.trustee_is_app:
-            r = plan.request
+        r = plan.request
+        if isinstance(r.trustee, AppTrustee):
             steps.append(
                 "ESJ signs in as its app: check that the app holds what these protocols need with "
-                f"`esj-provision doctor --esj-app {r.trustee} --inbound {r.inbound.value} --outbound {r.outbound.value}`, "
+                f"`esj-provision doctor --esj-app {r.trustee.client_id} --inbound {r.inbound.value} --outbound {r.outbound.value}`, "
                 "and set grant-type client_credentials and the app's secret (password) in the ESJ options."
             )
     else:
         if plan.dry_run:
             steps.append("Run again without --dry-run to remove these delegations.")
         steps.append("Remove the matching pop-client/smtp-client sections from the ESJ Application.")
-        if plan.request.trustee_is_app and plan.app is not None and plan.app.exo is not None:
+        if isinstance(plan.request.trustee, AppTrustee) and plan.app is not None and plan.app.exo is not None:
             steps.append(
                 f"The app's Exchange service principal stays registered (other mailboxes may use it); when no "
                 f"mailbox needs it any more: Remove-ServicePrincipal -Identity {plan.app.exchange_identity}"
@@ -108,8 +108,8 @@ def print_plan(plan: Plan, *, file: TextIO | None = None) -> None:
     dry = " (dry run: nothing will be changed)" if plan.dry_run else ""
     protocols = f" (inbound {r.inbound.value}, outbound {r.outbound.value})" if plan.mode == "onboard" else ""
     who = plan.trustee_id
-    if plan.request.trustee_is_app:
-        who = f"ESJ app {plan.app.name if plan.app else plan.request.trustee} (its Exchange service principal)"
+    if isinstance(r.trustee, AppTrustee):
+        who = f"ESJ app {plan.app.name if plan.app else r.trustee.client_id} (its Exchange service principal)"
     con.print(f"[bold]{verb} {plan.mailbox_id}[/bold] for {who}{protocols}{dry}")
     con.print("[bold]Preflight[/bold]")
     if plan.mailbox is not None and plan.mailbox_purpose == "shared":

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AccessDeniedError, AuthError, EsjProvisionError, ExitStatus
-from ..models import Inbound, Outbound, Right, State
+from ..models import AppTrustee, Inbound, Outbound, Right, State
 from ..provision.esj_app import AppAccess, app_access
 from ..provision.onboard import preflight
 from ..provision.request import send_as_for
@@ -147,11 +147,11 @@ def audit_row(row: ManifestRow, plan_findings: list[Any], delegations: list[Any]
     states = {d.right: d for d in delegations}
     fa = states.get(Right.FULL_ACCESS)
     sa = states.get(Right.SEND_AS)
-    wants_send_as = send_as_for(row.send_as, row.who)
+    wants_send_as = send_as_for(row.send_as, row.trustee)
     out = AuditRow(
         line=row.line,
         mailbox=row.mailbox,
-        trustee=row.trustee,
+        trustee=row.trustee.ref,
         inbound=row.inbound.value,
         outbound=row.outbound.value,
         full_access=fa.current.value if fa else State.UNKNOWN.value,
@@ -230,8 +230,8 @@ async def run_audit(
         return audit_row(row, plan.findings, plan.delegations)
 
     def done(row: ManifestRow, result: AuditRow) -> None:
-        if row.trustee_is_app:
-            apps[row.trustee.lower()] = None
+        if isinstance(row.trustee, AppTrustee):
+            apps[row.trustee.client_id.lower()] = None
         report.rows.append(result)
         if on_row is not None:
             on_row(result)

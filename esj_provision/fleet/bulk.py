@@ -57,14 +57,13 @@ T = TypeVar("T")
 
 def request_for(row: ManifestRow, *, esj_app_id: str | None = None) -> OnboardRequest:
     return OnboardRequest(
-        esj_app_id=row.trustee if row.trustee_is_app else esj_app_id,
+        esj_app_id=row.trustee.app_id or esj_app_id,
         mailbox=row.mailbox,
         trustee=row.trustee,
         inbound=row.inbound,
         outbound=row.outbound,
-        send_as=send_as_for(row.send_as, row.who),
+        send_as=send_as_for(row.send_as, row.trustee),
         auto_response=row.auto_response,
-        trustee_is_app=row.trustee_is_app,
     )
 
 
@@ -221,7 +220,7 @@ class OptionFiles:
     def request(self, row: ManifestRow, index: int) -> EsjRequest:
         req = esj_request_for(
             mailbox=row.mailbox,
-            trustee=row.who,
+            trustee=row.trustee,
             inbound=row.inbound,
             outbound=row.outbound,
             auto_response=row.auto_response,
@@ -364,7 +363,7 @@ async def onboard_row(
     except (AccessDeniedError, AuthError, JournalError):
         raise  # the same for every row: stop the run (exit 1) rather than fail each row alike
     except EsjProvisionError as exc:
-        return RowResult(row.line, row.mailbox, row.trustee, "failed", {}, exc.message), None
+        return RowResult(row.line, row.mailbox, row.trustee.ref, "failed", {}, exc.message), None
     return (None if plan.verify_deferred else result_of(row, plan, dry_run=dry_run)), plan
 
 
@@ -372,13 +371,13 @@ def result_of(row: ManifestRow, plan: Plan, *, dry_run: bool) -> RowResult:
     data = plan.to_dict()
     if plan.refused:
         reason = "; ".join(f.message for f in plan.findings if f.level == "error")
-        return RowResult(row.line, row.mailbox, row.trustee, "refused", data, reason)
+        return RowResult(row.line, row.mailbox, row.trustee.ref, "refused", data, reason)
     if plan.failed:
         reason = "; ".join(
             f"{d.right.value}: {d.error or d.outcome}" for d in plan.delegations if d.outcome is not None and d.outcome.bad
         )
-        return RowResult(row.line, row.mailbox, row.trustee, "failed", data, reason)
-    return RowResult(row.line, row.mailbox, row.trustee, "planned" if dry_run else "ok", data)
+        return RowResult(row.line, row.mailbox, row.trustee.ref, "failed", data, reason)
+    return RowResult(row.line, row.mailbox, row.trustee.ref, "planned" if dry_run else "ok", data)
 
 
 def _open_results(out_dir: Path) -> tuple[Path, TextIO]:
@@ -526,7 +525,7 @@ def _scan(path: Path) -> tuple[set[str], list[ManifestRow]]:
     for row in manifest_mod.rows(path):
         if row.esj_instance:
             named.add(row.esj_instance)
-        kind = (row.inbound, row.outbound, row.auto_response, row.who.kind, row.who.app_id)
+        kind = (row.inbound, row.outbound, row.auto_response, row.trustee.kind, row.trustee.app_id)
         samples.setdefault(kind, row)
     return named, list(samples.values())
 
@@ -550,7 +549,8 @@ async def lookups_for(
     ask_graph = {r.mailbox for r in chunk if not listed_type_will_do(r)}
     shared = {m for m in mailboxes if m not in ask_graph and listings is not None and listings.is_shared(m)}
     # App trustees (client ids) are not directory users: preflight resolves them as apps.
-    new_trustees = [t for t in dict.fromkeys(r.trustee for r in chunk if isinstance(r.who, UserTrustee)) if t not in cache]
+    accounts = [r.trustee.address for r in chunk if isinstance(r.trustee, UserTrustee)]
+    new_trustees = [t for t in dict.fromkeys(accounts) if t not in cache]
     by_listing, others, trustees = await asyncio.gather(
         graph.lookup_many([m for m in mailboxes if m in shared], with_purpose=False, background=True),
         graph.lookup_many([m for m in mailboxes if m not in shared], with_purpose=True, background=True),
@@ -563,7 +563,7 @@ async def lookups_for(
         if listings is not None:
             users = [cache[t].user for t in new_trustees]
             await asyncio.gather(*(listings.grants_of(u) for u in users if u is not None))
-    return {**found, **{r.trustee: cache[r.trustee] for r in chunk if r.trustee in cache}}
+    return {**found, **{t: cache[t] for t in accounts if t in cache}}
 
 
 async def process_rows(

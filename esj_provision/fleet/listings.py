@@ -40,7 +40,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from ..errors import AccessDeniedError, AuthError, EsjProvisionError
-from ..models import Outcome, Right, State
+from ..models import Outcome, Right, State, UserTrustee
 
 if TYPE_CHECKING:
     from ..microsoft.session import Session
@@ -153,7 +153,7 @@ class FleetListings:
     def covers(self, plan: Plan) -> bool:
         """The row's Send As can be read and verified through its trustee's listing."""
         return (
-            not plan.request.trustee_is_app
+            isinstance(plan.request.trustee, UserTrustee)
             and self.trusted_for(plan.trustee)
             and self.identity_of(plan.mailbox, plan.mailbox_id) is not None
         )

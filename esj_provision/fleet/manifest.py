@@ -17,7 +17,17 @@ from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 from ..errors import ConfigError, ManifestError, UsageError
-from ..models import Inbound, Outbound, Trustee, is_address, is_guid, parse_inbound, parse_outbound, trustee_of
+from ..models import (
+    AppTrustee,
+    Inbound,
+    Outbound,
+    Trustee,
+    UserTrustee,
+    is_address,
+    is_guid,
+    parse_inbound,
+    parse_outbound,
+)
 from ..provision.request import check_not_the_mailbox
 
 REQUIRED = ("mailbox", "trustee", "inbound", "outbound")
@@ -33,22 +43,14 @@ T = TypeVar("T")
 class ManifestRow:
     line: int
     mailbox: str
-    trustee: str
+    # The trustee column: a client id is an ESJ app (ESJ signs in as it: its Exchange service
+    # principal gets Full Access, no Send As), as ``onboard --trustee-app``; else an account.
+    trustee: Trustee
     inbound: Inbound
     outbound: Outbound
     send_as: bool = True
     auto_response: bool = False
     esj_instance: str | None = None
-
-    @property
-    def who(self) -> Trustee:
-        return trustee_of(self.trustee, is_app=self.trustee_is_app)
-
-    @property
-    def trustee_is_app(self) -> bool:
-        """A client id in the trustee column: ESJ signs in as that app (its Exchange service principal
-        gets Full Access, no Send As), as ``onboard --trustee-app`` does."""
-        return is_guid(self.trustee)
 
 
 def _check(problems: list[tuple[int, str]], line: int, rule: Callable[..., T], *args: Any) -> T | None:
@@ -101,7 +103,8 @@ def _row(line: int, raw: dict[str, Any], problems: list[tuple[int, str]]) -> Man
         )
     if len(problems) > before or inbound is None or outbound is None:
         return None
-    return ManifestRow(line, mailbox, trustee, inbound, outbound, send_as, auto, instance)
+    who: Trustee = AppTrustee(trustee) if is_guid(trustee) else UserTrustee(trustee)
+    return ManifestRow(line, mailbox, who, inbound, outbound, send_as, auto, instance)
 
 
 def _header_problems(header: list[str], line: int = 1) -> list[tuple[int, str]]:

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AccessDeniedError, AuthError, EsjProvisionError, UsageError
-from ..models import Inbound, Outbound
+from ..models import AppTrustee, Inbound, Outbound, UserTrustee
 from ..provision.scope import roles_for, run_scope
 from . import manifest as manifest_mod
 from .manifest import COLUMNS, ManifestRow
@@ -70,26 +70,27 @@ def can_go(row: ManifestRow, inbound: Inbound, outbound: Outbound) -> list[str]:
     out: list[str] = []
     old = {p for p, moved in ((row.inbound.value, row.inbound is not inbound),
                               (row.outbound.value, row.outbound is not outbound)) if moved}
+    is_app = isinstance(row.trustee, AppTrustee)
     if "ews" in old:
-        if row.trustee_is_app:
+        if is_app:
             out.append("the ESJ app's Exchange full_access_as_app (tenant-wide) and any Application EWS.AccessAsApp "
                        "role assignment, once no EWS row of this app is left")
         out.append("the ESJ app's entry in EwsAllowedAppIDs, once no EWS row of this app is left (EWS is switched "
                    "off on 1 April 2027 anyway)")
-    if "imap" in old and row.trustee_is_app:
+    if "imap" in old and is_app:
         out.append("the ESJ app's Exchange IMAP.AccessAsApp, once no IMAP row of this app is left")
     if "smtp" in old:
         out.append(
             "the ESJ app's SMTP.SendAsApp (and any Application SMTP.SendAsApp role assignment), once no SMTP row of "
-            "this app is left" if row.trustee_is_app else
-            f"SMTP AUTH for {row.trustee} (Set-CASMailbox -SmtpClientAuthenticationDisabled $true), once no SMTP row "
+            "this app is left" if is_app else
+            f"SMTP AUTH for {row.trustee.ref} (Set-CASMailbox -SmtpClientAuthenticationDisabled $true), once no SMTP row "
             "uses it"
         )
-    if row.trustee_is_app and inbound is Inbound.GRAPH and outbound is Outbound.GRAPH:
+    if is_app and inbound is Inbound.GRAPH and outbound is Outbound.GRAPH:
         out.append(f"the Full Access of the ESJ app's Exchange service principal on {row.mailbox}: RBAC for "
                    "Applications grants GRAPH its access (this tool keeps it: bulk grants Full Access to every row)")
-    elif not row.trustee_is_app and inbound is Inbound.GRAPH and row.inbound is not Inbound.GRAPH:
-        out.append(f"pop-client/service-account ({row.trustee}) is empty for GRAPH; the account keeps Full Access and "
+    elif isinstance(row.trustee, UserTrustee) and inbound is Inbound.GRAPH and row.inbound is not Inbound.GRAPH:
+        out.append(f"pop-client/service-account ({row.trustee.address}) is empty for GRAPH; the account keeps Full Access and "
                    "Send As (smtp-client/user and allow-delegate use it)")
     return out
 
@@ -159,7 +160,7 @@ class MigrateReport:
 
 
 def esj_app_for(row: ManifestRow, default: str | None) -> str | None:
-    return row.trustee.lower() if row.trustee_is_app else default
+    return row.trustee.client_id.lower() if isinstance(row.trustee, AppTrustee) else default
 
 
 def check_apps(path: Path, include: frozenset[str], esj_app: str | None) -> None:
@@ -180,7 +181,7 @@ def render_manifest(rows: list[tuple[ManifestRow, Inbound, Outbound]]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(COLUMNS)
     for row, inbound, outbound in rows:
-        writer.writerow([row.mailbox, row.trustee, inbound.value, outbound.value,
+        writer.writerow([row.mailbox, row.trustee.ref, inbound.value, outbound.value,
                          "true" if row.send_as else "false", "true" if row.auto_response else "false",
                          row.esj_instance or ""])
     return buf.getvalue()
@@ -190,7 +191,7 @@ async def _scope_row(
     session: Session, row: ManifestRow, app_id: str, after: tuple[Inbound, Outbound], *,
     dry_run: bool, journal: Journal | None,
 ) -> MigrateRow:
-    result = MigrateRow(row.line, row.mailbox, row.trustee, app_id, (row.inbound.value, row.outbound.value),
+    result = MigrateRow(row.line, row.mailbox, row.trustee.ref, app_id, (row.inbound.value, row.outbound.value),
                         (after[0].value, after[1].value), can_go=can_go(row, *after))
     roles = roles_for(*after)
     try:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EsjProvisionError, ServiceError
-from ..models import Outcome, Right, State
+from ..models import AppTrustee, Outcome, Right, State, Trustee, UserTrustee
 from ..provision.journal import Entry, Journal, open_intents
 from ..provision.onboard import Delegation, Mode, Plan, apply, gather_all, read_state, verify
 from ..provision.powershell import to_powershell
@@ -98,7 +98,8 @@ class PruneReport:
 def plan_for(grants: list[Grant], t: TrusteeRef) -> Plan:
     """An offboarding plan for one (mailbox, trustee) pair, from what discovery read: each right
     found is PRESENT and wanted ABSENT. Its mailbox and trustee ids are the ones Exchange showed."""
-    request = OnboardRequest(mailbox=grants[0].mailbox, trustee=t.ref, trustee_is_app=t.kind == "app")
+    trustee: Trustee = AppTrustee(t.ref) if t.kind == "app" else UserTrustee(t.ref)
+    request = OnboardRequest(mailbox=grants[0].mailbox, trustee=trustee)
     plan = Plan(mode=Mode.OFFBOARD, request=request, trustee=t.user, app=t.app)
     plan.delegations = [Delegation(right=g.right, desired=State.ABSENT, current=State.PRESENT) for g in grants]
     return plan

@@ -249,7 +249,7 @@ class Listing:
     def __init__(self, rows: Iterable[ManifestRow] = ()) -> None:
         self.trustee_of: dict[str, str] = {}  # manifest mailbox address (casefold) -> trustee ref
         for row in rows:
-            self.trustee_of[row.mailbox.casefold()] = row.trustee
+            self.trustee_of[row.mailbox.casefold()] = row.trustee.ref
         self._by_object_id: dict[str, str] = {}  # Entra object id -> manifest address (casefold)
         self.unresolved: list[str] = []
 

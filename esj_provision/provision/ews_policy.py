@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import EsjProvisionError, UsageError
 from ..esj.ews_sunset import EWS_BLOCKED_FROM, ews_warning, today
-from ..models import CasMailbox, EwsOrgPolicy, Outcome, State
+from ..models import CasMailbox, EwsOrgPolicy, Outcome, State, UserTrustee
 from .powershell import quote
 from .writes import Step, run_step
 
@@ -338,10 +338,10 @@ async def check_ews(session: Session, plan: Any) -> None:
     if sunset is None:
         return
     plan.add("warning", "ews-retiring", sunset)
-    app_id = request.trustee if request.trustee_is_app else request.esj_app_id
+    app_id = request.trustee.app_id or request.esj_app_id
     # Delegated EWS is also blocked by the signed-in account's own CAS switch (the sandbox-mail
     # interface says so; Microsoft's page speaks of "this user or tenant").
-    trustee = None if request.trustee_is_app else plan.trustee_id
+    trustee = plan.trustee_id if isinstance(request.trustee, UserTrustee) else None
     verdict = await read_verdict(session, app_id, [plan.mailbox_id], service_account=trustee is not None,
                                  trustee=trustee)
     plan.ews = verdict

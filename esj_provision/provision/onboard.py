@@ -7,7 +7,7 @@
   never taken for ``absent``.
 * **Apply** only what is needed, journalling each write before it is sent. A write whose answer
   was lost (timeout, 5xx) is never repeated blindly: the state is read again first.
-* **App trustees** (``trustee_is_app``): ESJ signs in as its app, so Full Access goes to the app's
+* **App trustees** (:class:`~esj_provision.models.AppTrustee`): ESJ signs in as its app, so Full Access goes to the app's
   Exchange service principal, registered first when missing (with the enterprise application's
   object id) and never "repaired" when registered with the wrong one. No Send As for an app.
 * **Verify** by reading back. Exchange can take an hour or two before ESJ can use a new grant;
@@ -33,7 +33,7 @@ from ..errors import (
 )
 from ..esj.request import esj_request_for
 from ..microsoft.exchange import holds
-from ..models import DirectoryUser, Outbound, Outcome, Right, State, UserTrustee
+from ..models import AppTrustee, DirectoryUser, Outbound, Outcome, Right, State, Trustee, UserTrustee
 from .journal import Entry, Journal
 from .request import OnboardRequest
 
@@ -104,7 +104,7 @@ class Plan:
     findings: list[Finding] = field(default_factory=list)
     delegations: list[Delegation] = field(default_factory=list)
     dry_run: bool = False
-    app: AppIdentity | None = None  # the trustee app (request.trustee_is_app)
+    app: AppIdentity | None = None  # the trustee app (an AppTrustee request)
     sp_step: Step | None = None  # onboard: register the trustee app's Exchange service principal
     ews: EwsVerdict | None = None  # EWS rows: whether the tenant lets the ESJ app use EWS here
     tenant_id: str | None = None  # the tenant as a GUID (Session.tenant_guid), for the ESJ options
@@ -119,10 +119,12 @@ class Plan:
     def esj_request(self, cloud: Cloud, esj_client_id: str | None) -> EsjRequest:
         """The ESJ options request for this mailbox: the resolved addresses, the shared mapping."""
         r = self.request
+        trustee: Trustee = r.trustee
+        if isinstance(r.trustee, UserTrustee) and self.trustee is not None:
+            trustee = UserTrustee(self.trustee.address)  # the resolved address; an app stays as given
         return esj_request_for(
             mailbox=self.mailbox.address if self.mailbox else r.mailbox,
-            # The resolved address of a user trustee; an app as given.
-            trustee=UserTrustee(self.trustee.address) if self.trustee and not r.trustee_is_app else r.who,
+            trustee=trustee,
             inbound=r.inbound,
             outbound=r.outbound,
             auto_response=r.auto_response,
@@ -143,14 +145,17 @@ class Plan:
 
     @property
     def trustee_id(self) -> str:
-        if self.request.trustee_is_app:
-            return self.app.exchange_identity if self.app is not None else self.request.trustee
-        return self.trustee.user_principal_name if self.trustee else self.request.trustee
+        """The trustee's identity sent to Exchange: the app's service principal, or the user's UPN."""
+        match self.request.trustee:
+            case AppTrustee(client_id):
+                return self.app.exchange_identity if self.app is not None else client_id
+            case UserTrustee(address):
+                return self.trustee.user_principal_name if self.trustee else address
 
     def trustee_aliases(self) -> set[str]:
         if self.app is not None:
             return self.app.aliases()
-        values = {self.request.trustee}
+        values = {self.request.trustee.ref}
         if self.trustee:
             values |= {
                 v
@@ -173,8 +178,8 @@ class Plan:
             "dry_run": self.dry_run,
             "mailbox": self.mailbox_id,
             "trustee": self.trustee_id,
-            "trustee_kind": self.request.who.kind,
-            **({"trustee_app": self.request.who.app_id} if self.request.who.app_id else {}),
+            "trustee_kind": self.request.trustee.kind,
+            **({"trustee_app": self.request.trustee.app_id} if self.request.trustee.app_id else {}),
             "service_principal": self.sp_step.to_dict() if self.sp_step is not None else None,
             "inbound": self.request.inbound.value,
             "outbound": self.request.outbound.value,
@@ -275,7 +280,7 @@ def _check_mailbox(plan: Plan, result: LookupResult | None) -> None:
 
 
 def _check_trustee(plan: Plan, result: LookupResult | None) -> None:
-    ref = plan.request.trustee
+    ref = plan.request.trustee.ref
     if result is None or result.error is not None:
         err = result.error if result else None
         if isinstance(err, NotFoundError):
@@ -307,9 +312,13 @@ def _check_trustee(plan: Plan, result: LookupResult | None) -> None:
 async def _check_smtp_auth(session: Session, plan: Plan) -> None:
     """SMTP AUTH must be on for the account ESJ authenticates as: smtp-client/user = the trustee,
     or, when ESJ signs in as its app, the shared mailbox itself (XOAUTH2 user= is the mailbox)."""
-    who = plan.mailbox_id if plan.request.trustee_is_app else plan.trustee_id
-    # A service account is usually the trustee of every row of a bulk run: read it once per session.
-    cas_read = session.exchange.get_cas_mailbox(who) if plan.request.trustee_is_app else session.trustee_cas_mailbox(who)
+    if isinstance(plan.request.trustee, AppTrustee):
+        who = plan.mailbox_id
+        cas_read = session.exchange.get_cas_mailbox(who)
+    else:
+        # A service account is usually the trustee of every row of a bulk run: read it once per session.
+        who = plan.trustee_id
+        cas_read = session.trustee_cas_mailbox(who)
     try:
         org, cas = await gather_all(session.transport_config(), cas_read)
     except EsjProvisionError as exc:
@@ -337,7 +346,7 @@ async def _check_trustee_app(session: Session, plan: Plan) -> None:
     carry that object id. A wrong registration is explained, never changed behind the admin's back."""
     from .esj_app import Registration, cached_app, registration_step
 
-    ref = plan.request.trustee
+    ref = plan.request.trustee.ref
     try:
         ident = await cached_app(session, ref)
     except AppLookupError as exc:
@@ -408,18 +417,19 @@ async def preflight(
     answers Send As from an organisation-wide listing instead of a read per mailbox."""
     mode = Mode(mode)
     plan = Plan(mode=mode, request=request)
-    if request.trustee_is_app:
-        # The app is not a directory user: only the mailbox goes to the batched user lookups.
-        if lookups is None or request.mailbox not in lookups:
-            lookups = await _lookups(session, [request.mailbox])
-        _check_mailbox(plan, lookups.get(request.mailbox))
-        await _check_trustee_app(session, plan)
-    else:
-        if lookups is None:
-            lookups = await _lookups(session, [request.mailbox, request.trustee])
-        _check_mailbox(plan, lookups.get(request.mailbox))
-        _check_trustee(plan, lookups.get(request.trustee))
-    if request.trustee_is_app and mode is Mode.ONBOARD:
+    match request.trustee:
+        case AppTrustee():
+            # The app is not a directory user: only the mailbox goes to the batched user lookups.
+            if lookups is None or request.mailbox not in lookups:
+                lookups = await _lookups(session, [request.mailbox])
+            _check_mailbox(plan, lookups.get(request.mailbox))
+            await _check_trustee_app(session, plan)
+        case UserTrustee(address):
+            if lookups is None:
+                lookups = await _lookups(session, [request.mailbox, address])
+            _check_mailbox(plan, lookups.get(request.mailbox))
+            _check_trustee(plan, lookups.get(address))
+    if isinstance(request.trustee, AppTrustee) and mode is Mode.ONBOARD:
         plan.add(
             "info",
             "no-send-as-app",
@@ -435,7 +445,7 @@ async def preflight(
         )
     if desired is not None:
         rights = [Right.FULL_ACCESS]
-        if request.who.needs_send_as(desired is State.ABSENT or request.send_as):
+        if request.trustee.needs_send_as(desired is State.ABSENT or request.send_as):
             rights.append(Right.SEND_AS)
         plan.delegations = [Delegation(right=r, desired=desired) for r in rights]
     if plan.refused:
@@ -471,11 +481,12 @@ async def _read_send_as(session: Session, plan: Plan, source: SendAsSource) -> t
 
 async def read_state(session: Session, plan: Plan, right: Right) -> tuple[State, str | None]:
     """Whether the trustee holds ``right`` on the mailbox; UNKNOWN (with the error) if unreadable."""
-    if plan.request.trustee_is_app and (plan.app is None or plan.app.exo is None):
+    is_app = isinstance(plan.request.trustee, AppTrustee)
+    if is_app and (plan.app is None or plan.app.exo is None):
         # Not registered in Exchange: nothing there can name it, so it holds nothing.
         return State.ABSENT, None
     try:
-        if plan.request.trustee_is_app:
+        if is_app:
             # Every row, matched on every alias: how Exchange resolves a service principal given
             # as -User is not confirmed, and a mailbox has at most 500 entries.
             rows = await session.exchange.get_mailbox_permissions(plan.mailbox_id)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UsageError
-from ..models import Inbound, Outbound, Trustee, parse_address, parse_guid, parse_inbound, parse_outbound, trustee_of
+from ..models import Inbound, Outbound, Trustee, parse_address, parse_guid, parse_inbound, parse_outbound
 
 __all__ = [
     "OnboardRequest",
@@ -26,46 +26,39 @@ __all__ = [
 @dataclass
 class OnboardRequest:
     mailbox: str
-    trustee: str
+    # A user account (ESJ signs in with it) or the ESJ app's client id (the delegation goes to its
+    # Exchange service principal): each kind knows what it needs (models.UserTrustee/AppTrustee).
+    trustee: Trustee
     inbound: Inbound = Inbound.IMAP
     outbound: Outbound = Outbound.SMTP
     send_as: bool = True
     auto_response: bool = False
-    # ``trustee`` is the ESJ app's client id: the delegation goes to its Exchange service principal.
-    trustee_is_app: bool = False
     # The ESJ app's client id when known (--esj-client-id): what EWS's allow-list is checked for.
     esj_app_id: str | None = None
-
-    @property
-    def who(self) -> Trustee:
-        """The trustee as a type: a user account or an ESJ app, each knowing what it needs."""
-        return trustee_of(self.trustee, is_app=self.trustee_is_app)
 
     @classmethod
     def create(
         cls,
         *,
         mailbox: str,
-        trustee: str,
-        trustee_is_app: bool,
+        trustee: Trustee,
         inbound: str | Inbound,
         outbound: str | Outbound,
         send_as: bool = True,
         auto_response: bool = False,
     ) -> OnboardRequest:
-        """A validated request (flags or a manifest row): addresses, protocols, the trustee rules."""
+        """A validated request (flags or a manifest row): addresses, protocols, the trustee rules.
+        The trustee comes checked from the edge (``UserTrustee.parse``/``AppTrustee.parse``)."""
         mailbox = parse_address(mailbox, "mailbox")
-        trustee = parse_guid(trustee, "trustee app client id") if trustee_is_app else parse_address(trustee, "trustee")
         inbound_p, outbound_p = parse_protocols(inbound, outbound)
-        check_not_the_mailbox(mailbox, trustee)
+        check_not_the_mailbox(mailbox, trustee.ref)
         return cls(
             mailbox=mailbox,
             trustee=trustee,
             inbound=inbound_p,
             outbound=outbound_p,
-            send_as=send_as_for(send_as, trustee_of(trustee, is_app=trustee_is_app)),
+            send_as=send_as_for(send_as, trustee),
             auto_response=auto_response,
-            trustee_is_app=trustee_is_app,
         )
 
 
@@ -103,7 +96,7 @@ def scope_app_for(request: OnboardRequest, scope_esj_app: str | None) -> str | N
 def esj_client_id_for(request: OnboardRequest, scope_app: str | None, esj_client_id: str | None) -> str | None:
     """The ESJ app's client id for the options: given, or the app that is the trustee or is
     scoped. They must all name the same app: the one ESJ signs in as."""
-    app_ids = {a for a in (request.who.app_id, scope_app) if a}
+    app_ids = {a for a in (request.trustee.app_id, scope_app) if a}
     given = parse_guid(esj_client_id, "--esj-client-id") if esj_client_id else None
     if given and app_ids and given not in app_ids:
         raise UsageError(
