@@ -28,6 +28,7 @@ from msft_shapes import (
 
 from esj_provision.errors import (
     AccessDeniedError,
+    EsjProvisionError,
     MailboxNotEnabledForRestError,
     NotFoundError,
     ServiceError,
@@ -138,26 +139,28 @@ def test_dollar_upn_uses_the_key_form() -> None:
     ],
 )
 def test_user_purpose_both_forms(body: dict[str, Any], expected: str) -> None:
+    """The purpose is read in the lookups' batches (lookup_many with_purpose), the only reader."""
     router = respx.Router()
-    route = router.get(f"{V1}/users/support%40contoso.com/mailboxSettings/userPurpose").respond(200, json=body)
+    log: list[list[dict[str, Any]]] = []
 
-    async def go() -> str:
-        return await Env(router).graph.get_user_purpose("support@contoso.com")
+    def item(sub: dict[str, Any]) -> dict[str, Any]:
+        purpose = sub["url"].endswith("/mailboxSettings/userPurpose")
+        return {"status": 200, "body": body if purpose else user_body(ref_of(sub))}
 
-    assert run(go()) == expected
-    assert "//" not in route.calls.last.request.url.raw_path.decode()
+    router.post(BATCH).side_effect = batch_answer(item, log)
+    result = run(Env(router).graph.lookup_many(["support@contoso.com"], with_purpose=True))["support@contoso.com"]
+    assert result.purpose == expected and result.purpose_error is None
+    assert "/users/support%40contoso.com/mailboxSettings/userPurpose" in [sub["url"] for sub in log[0]]
 
 
 def test_user_purpose_missing_is_a_service_error() -> None:
     assert parse_user_purpose({"@odata.context": "x"}) is None
     router = respx.Router()
-    router.get(url__startswith=f"{V1}/users/").respond(200, json={})
-
-    async def go() -> None:
-        await Env(router).graph.get_user_purpose(UPN)
-
-    with pytest.raises(ServiceError, match="userPurpose"):
-        run(go())
+    router.post(BATCH).side_effect = batch_answer(lambda sub: {"status": 200, "body": {} if sub["url"].endswith(
+        "/userPurpose") else user_body(ref_of(sub))}, [])
+    result = run(Env(router).graph.lookup_many([UPN], with_purpose=True))[UPN]
+    assert result.purpose is None and not result.ok
+    assert isinstance(result.purpose_error, ServiceError) and "userPurpose" in result.purpose_error.message
 
 
 def test_404_not_found() -> None:
@@ -175,56 +178,52 @@ def test_404_not_found() -> None:
     assert err.status_code == 404 and err.hint
 
 
-def test_404_mailbox_not_enabled_for_rest() -> None:
+def purpose_error(status: int, body: dict[str, Any]) -> EsjProvisionError | None:
+    """What the batched lookup makes of a mailbox-settings item answered with ``status``/``body``."""
     router = respx.Router()
-    router.get(url__startswith=f"{V1}/users/").respond(404, json=GRAPH_REST_DISABLED)
+    router.post(BATCH).side_effect = batch_answer(lambda sub: {"status": status, "body": body} if sub["url"].endswith(
+        "/userPurpose") else {"status": 200, "body": user_body(ref_of(sub))}, [])
+    result = run(Env(router).graph.lookup_many([UPN], with_purpose=True))[UPN]
+    assert result.user is not None and result.purpose is None  # the user exists; its mailbox is unreadable
+    return result.purpose_error
 
-    async def go() -> None:
-        await Env(router).graph.get_user_purpose(UPN)
 
-    with pytest.raises(MailboxNotEnabledForRestError) as info:
-        run(go())
-    err = info.value
+def test_404_mailbox_not_enabled_for_rest() -> None:
+    err = purpose_error(404, GRAPH_REST_DISABLED)
+    assert isinstance(err, MailboxNotEnabledForRestError)
     assert "inactive, soft-deleted, unlicensed or on-premises" in err.message
     assert "Graph cannot read it" in err.message
     assert err.hint and err.request_id == GRAPH_REST_DISABLED["error"]["innerError"]["request-id"]
 
 
 def test_403_application_access_policy() -> None:
+    err = purpose_error(403, GRAPH_ACCESS_DENIED)
+    assert isinstance(err, AccessDeniedError)
+    assert "Application Access Policy" in err.message
+    assert "RBAC for Applications" in err.message
+    assert err.request_id == GRAPH_ACCESS_DENIED["error"]["innerError"]["request-id"]
+
+
+def test_403_names_the_missing_permission() -> None:
     router = respx.Router()
-    router.get(url__startswith=f"{V1}/users/").respond(403, json=GRAPH_ACCESS_DENIED)
-
-    async def go() -> None:
-        await Env(router).graph.get_user_purpose(UPN)
-
-    with pytest.raises(AccessDeniedError) as info:
-        run(go())
-    assert "Application Access Policy" in info.value.message
-    assert "RBAC for Applications" in info.value.message
-    assert info.value.request_id == GRAPH_ACCESS_DENIED["error"]["innerError"]["request-id"]
-
-
-@pytest.mark.parametrize(
-    ("method", "permission", "body"),
-    [
-        ("get_user", "User.Read.All", {"error": {"code": "Authorization_RequestDenied",
-                                                  "message": "Insufficient privileges to complete the operation."}}),
-        ("get_user_purpose", "MailboxSettings.Read", {"error": {"code": "ErrorAccessDenied",
-                                                                 "message": "Access is denied. Check credentials and try again."}}),
-    ],
-)
-def test_403_names_the_missing_permission(method: str, permission: str, body: dict[str, Any]) -> None:
-    router = respx.Router()
+    body = {"error": {"code": "Authorization_RequestDenied", "message": "Insufficient privileges to complete the operation."}}
     router.get(url__startswith=f"{V1}/users/").respond(403, json=body, headers={"request-id": "hdr-rid"})
 
     async def go() -> None:
-        await getattr(Env(router).graph, method)(UPN)
+        await Env(router).graph.get_user(UPN)
 
     with pytest.raises(AccessDeniedError) as info:
         run(go())
-    assert permission in info.value.message
-    assert info.value.hint and permission in info.value.hint
+    assert "User.Read.All" in info.value.message
+    assert info.value.hint and "User.Read.All" in info.value.hint
     assert info.value.request_id == "hdr-rid"  # no innerError: the response header
+
+
+def test_403_on_the_mailbox_settings_names_mailbox_settings_read() -> None:
+    err = purpose_error(403, {"error": {"code": "ErrorAccessDenied",
+                                        "message": "Access is denied. Check credentials and try again."}})
+    assert isinstance(err, AccessDeniedError)
+    assert "MailboxSettings.Read" in err.message and err.hint and "MailboxSettings.Read" in err.hint
 
 
 def test_401_refreshes_the_token_then_succeeds() -> None:

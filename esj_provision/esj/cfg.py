@@ -24,8 +24,6 @@ if TYPE_CHECKING:
 _BAD_CHARS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
-JSON_OPTION_KEYS = ("section", "name", "value", "confirmed", "source", "placeholder", "secret", "note")
-
 
 # --------------------------------------------------------------------------------------------
 # CFG

@@ -507,16 +507,6 @@ class ExchangeClient:
 
     # -- mailboxes ----------------------------------------------------------------------------
 
-    async def get_mailbox(self, identity: str) -> ExchangeMailbox:
-        result = await self.invoke("Get-Mailbox", {"Identity": identity}, anchor=identity)
-        if not result.rows:
-            raise NotFoundError(
-                f"Get-Mailbox: no mailbox {identity!r}",
-                hint="check the address: Exchange has no mailbox with that identity",
-                request_id=result.request_id,
-            )
-        return _mailbox(result.rows[0], identity)
-
     async def get_cas_mailbox(self, identity: str) -> CasMailbox:
         result = await self.invoke("Get-CASMailbox", {"Identity": identity}, anchor=identity)
         if not result.rows:
@@ -807,10 +797,10 @@ _MAILBOX_KINDS = frozenset(k.casefold() for k in _MAILBOX_KIND_NAMES)
 _TRUNCATED = ("more results available",)
 
 
-def _mailbox(row: Mapping[str, Any], identity: str = "") -> ExchangeMailbox:
+def _mailbox(row: Mapping[str, Any]) -> ExchangeMailbox:
     addresses = row.get("EmailAddresses") or []
     return ExchangeMailbox(
-        identity=str(row.get("Identity") or identity),
+        identity=str(row.get("Identity") or ""),
         primary_smtp_address=str(row.get("PrimarySmtpAddress") or ""),
         recipient_type_details=str(row.get("RecipientTypeDetails") or ""),
         external_directory_object_id=_text(row.get("ExternalDirectoryObjectId")),

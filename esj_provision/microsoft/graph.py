@@ -374,15 +374,6 @@ class GraphClient:
         """A user by UPN, address or object id. Raises NotFoundError, AccessDeniedError, ..."""
         return parse_user(await self._send(self.user_request(ref), op="user", ref=ref))
 
-    async def get_user_purpose(self, ref: str) -> str:
-        """``shared``, ``user``, ``room``, ... Raises MailboxNotEnabledForRestError for a mailbox Graph
-        cannot read (inactive, soft-deleted, unlicensed, on-premises)."""
-        data = await self._send(self.user_purpose_request(ref), op="purpose", ref=ref)
-        purpose = parse_user_purpose(data)
-        if purpose is None:
-            raise ServiceError(f"{ref}: Graph returned no userPurpose", hint="report this with the request id")
-        return purpose
-
     async def get_service_principal(self, app_id: str) -> ServicePrincipal | None:
         """The enterprise application (service principal) of an app id in this tenant, or None."""
         data = await self._send(self.service_principal_request(app_id), op="service_principal", ref=app_id)
