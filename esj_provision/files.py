@@ -9,6 +9,18 @@ from pathlib import Path
 from .errors import EsjProvisionError, UsageError
 
 
+def read_user_file(path: Path, what: str) -> str:
+    """The UTF-8 text of a file the user named (an options file, a secret file), or a usage error
+    that names the file and says why it could not be read."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{what} file {str(path)!r} not found") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise UsageError(f"cannot read {what} file {str(path)!r}: {reason}") from None
+
+
 def write_output(path: str | os.PathLike[str], text: str, *, contains_secret: bool) -> Path:
     """Write ``text`` (UTF-8) to ``path`` atomically; mode 0600 when it holds a secret.
 

@@ -122,7 +122,9 @@ def bulk(
     blocking = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)
     if blocking is not None:  # the directory could never be created: say so before any call
         raise UsageError(f"--out-dir {out_dir} cannot be created: {blocking} is not a directory")
-    probe_in = _probe_inputs(probe_after, wait, dry_run)
+    from .probe import probe_after_inputs
+
+    probe_in = probe_after_inputs(probe_after, wait, dry_run, "the mailboxes")
     summary = run_async(
         _bulk(settings, info, dry_run, journal, out_dir, concurrency, profile_obj, esj_client_id, fmt_key, probe_in)
     )
@@ -138,19 +140,6 @@ def bulk(
         raise typer.Exit(int(ExitStatus.PARTIAL))
     if summary.probed.get("pending"):
         raise typer.Exit(int(ExitStatus.PENDING))
-
-
-def _probe_inputs(probe_after: bool, wait: str | None, dry_run: bool) -> tuple[Any, ...] | None:
-    """--probe's secrets and wait, validated before any row is granted."""
-    if wait is not None and not probe_after:
-        raise UsageError("--wait goes with --probe")
-    if not probe_after:
-        return None
-    if dry_run:
-        raise UsageError("--probe opens the mailboxes with what was granted: not with --dry-run")
-    from .probe import probe_inputs
-
-    return probe_inputs(None, None, wait, None)
 
 
 def ews_rows_warning(path: Path) -> str | None:

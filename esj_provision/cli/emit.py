@@ -158,13 +158,9 @@ def emit(
 
 def _read_secret(secret_file: Path | None) -> str:
     if secret_file is not None:
-        try:
-            value = secret_file.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise UsageError(f"secret file {str(secret_file)!r} not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise UsageError(f"cannot read secret file {str(secret_file)!r}: {reason}") from None
+        from ..files import read_user_file
+
+        value = read_user_file(secret_file, "secret")
         where = f"secret file {str(secret_file)!r}"
     else:
         value = from_env(None, SECRET_ENV) or ""

@@ -199,7 +199,9 @@ def onboard(
     ews_warning(request.inbound, request.outbound)  # from 1 April 2027: refused before any call (exit 2)
     if out is not None and not out.parent.is_dir():
         raise UsageError(f"cannot write {out}: directory {out.parent} does not exist")
-    probe_in = _probe_inputs(probe_after, wait, dry_run)
+    from .probe import probe_after_inputs
+
+    probe_in = probe_after_inputs(probe_after, wait, dry_run, "the mailbox")
     plan, scope = run_async(
         _run(settings, request, mode="onboard", dry_run=dry_run, journal_path=journal, scope_app=scope_app)
     )
@@ -214,19 +216,6 @@ def onboard(
 
         if exit_status(checks):
             raise typer.Exit(exit_status(checks))
-
-
-def _probe_inputs(probe_after: bool, wait: str | None, dry_run: bool) -> tuple[Any, ...] | None:
-    """--probe's secrets and wait, validated before anything is granted."""
-    if wait is not None and not probe_after:
-        raise UsageError("--wait goes with --probe")
-    if not probe_after:
-        return None
-    if dry_run:
-        raise UsageError("--probe opens the mailbox with what was granted: not with --dry-run")
-    from .probe import probe_inputs
-
-    return probe_inputs(None, None, wait, None)
 
 
 async def _probe_options(settings: Any, options: Any, esj_client_id: str | None, probe_in: tuple[Any, ...]) -> Any:

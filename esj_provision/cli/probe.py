@@ -37,13 +37,9 @@ PasswordFile = typer.Option(
 def read_secret(path: Path | None, env_var: str, what: str) -> str | None:
     """From the file when given, else the environment, else ``./.env``; never a flag value."""
     if path is not None:
-        try:
-            value = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise UsageError(f"{what} file {str(path)!r} not found") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise UsageError(f"cannot read {what} file {str(path)!r}: {reason}") from None
+        from ..files import read_user_file
+
+        value = read_user_file(path, what)
         # A trailing newline from `echo > file` is not part of it (ROPC refuses passwords with
         # leading or trailing whitespace anyway, probe-protocols.md §3).
         value = value.strip("\r\n")
@@ -170,3 +166,15 @@ def _output(checks: list[Any], fmt_key: str, options_file: Path) -> None:
     from .render import print_probe
 
     print_probe(checks)
+
+
+def probe_after_inputs(probe_after: bool, wait: str | None, dry_run: bool, what: str) -> tuple[Any, ...] | None:
+    """``onboard``/``bulk`` ``--probe [--wait]``: its secrets and wait, validated before anything is
+    granted (``what``: "the mailbox" or "the mailboxes")."""
+    if wait is not None and not probe_after:
+        raise UsageError("--wait goes with --probe")
+    if not probe_after:
+        return None
+    if dry_run:
+        raise UsageError(f"--probe opens {what} with what was granted: not with --dry-run")
+    return probe_inputs(None, None, wait, None)

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..esj.options import POP_CLIENT, SMTP_CLIENT
+from ..files import read_user_file
 
 INBOUND, OUTBOUND = "inbound", "outbound"
 _INBOUND_PROTOCOLS = ("imap", "ews", "graph")
@@ -55,14 +56,7 @@ class Target:
 
 
 def load_targets(path: Path) -> list[Target]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UsageError(f"options file {str(path)!r} not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise UsageError(f"cannot read options file {str(path)!r}: {reason}") from None
-    return targets_from_text(text, str(path))
+    return targets_from_text(read_user_file(path, "options"), str(path))
 
 
 def targets_from_text(text: str, source: str) -> list[Target]:
