@@ -420,6 +420,16 @@ def _trustee_value(ctx: _Ctx) -> tuple[str, bool]:
     return ctx.trustee, False
 
 
+def _ews_server(b: _Builder, ctx: _Ctx, s: str, *, port_confirmed: bool, port_source: str) -> None:
+    """The EWS URL (the override's, or the cloud's) and port 443: Genesys confirms the port for
+    pop-client [EWS814], it is inferred for smtp-client."""
+    if ctx.req.ews_endpoint:
+        _override(b, s, _url_host_port(ctx.req.ews_endpoint), "ESJ_PROVISION_EWS_ENDPOINT", url=ctx.req.ews_endpoint)
+    else:
+        b.add_setting(s, "server", ctx.cloud("ews-url", SRC_ENDPOINTS))
+        b.add(s, "port", "443", port_confirmed, port_source)
+
+
 def _inbound(b: _Builder, ctx: _Ctx, s: str) -> None:
     proto = ctx.req.inbound
     prof = ctx.prof
@@ -432,12 +442,7 @@ def _inbound(b: _Builder, ctx: _Ctx, s: str) -> None:
             b.add(s, "port", "993", True, SRC_ENDPOINTS)
         _tls(b, s, prof, "imap")
     elif proto is Inbound.EWS:
-        if ctx.req.ews_endpoint:
-            _override(b, s, _url_host_port(ctx.req.ews_endpoint), "ESJ_PROVISION_EWS_ENDPOINT",
-                      url=ctx.req.ews_endpoint)
-        else:
-            b.add_setting(s, "server", ctx.cloud("ews-url", SRC_ENDPOINTS))
-            b.add(s, "port", "443", True, SRC_GENESYS)
+        _ews_server(b, ctx, s, port_confirmed=True, port_source=SRC_GENESYS)
         # "(empty) The key must be present." [EWS814]
         b.add(s, "folder-path", "", True, SRC_GENESYS)
 
@@ -471,12 +476,7 @@ def _outbound(b: _Builder, ctx: _Ctx, s: str) -> None:
         _tls(b, s, prof, "smtp")
         b.add(s, "enable-authentication", "true", True, SRC_GENESYS)
     elif proto is Outbound.EWS:
-        if ctx.req.ews_endpoint:
-            _override(b, s, _url_host_port(ctx.req.ews_endpoint), "ESJ_PROVISION_EWS_ENDPOINT",
-                      url=ctx.req.ews_endpoint)
-        else:
-            b.add_setting(s, "server", ctx.cloud("ews-url", SRC_ENDPOINTS))
-            b.add(s, "port", "443", False, SRC_INFERRED)
+        _ews_server(b, ctx, s, port_confirmed=False, port_source=SRC_INFERRED)
 
     value, ph = _trustee_value(ctx)
     b.add(s, "user", value, True, SRC_GUIDE, placeholder=ph)
