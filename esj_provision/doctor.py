@@ -493,6 +493,8 @@ async def run_doctor(
 async def _run_checks(
     session: Session, report: DoctorReport, *, inbound: Inbound | None, outbound: Outbound | None, esj_app: str | None
 ) -> None:
+    # Long on purpose: one straight reading of doctor's checks in the order the report shows them
+    # (endpoints, TLS, sign-in, roles, Exchange, ESJ app); each step is a call, the length is the list.
     _endpoints(session, report)
     await _tls(session, report)
 

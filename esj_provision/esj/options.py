@@ -322,6 +322,8 @@ def build_options(req: EsjRequest, profile: Profile | None = None) -> EsjOptionS
     Raises UsageError for bad input (address, GUID, a value CFG cannot hold) and ConfigError
     when a hand-built profile breaks the rules :func:`load_profile` enforces.
     """
+    # Long on purpose: the guide's rules read top to bottom in the order the options are written;
+    # the per-protocol parts are already _inbound/_outbound/_oauth.
     prof = profile or Profile()
     mailbox = parse_address(req.mailbox, "mailbox")
     trustee = parse_address(req.trustee, "trustee") if req.trustee is not None else None
@@ -420,6 +422,17 @@ def _trustee_value(ctx: _Ctx) -> tuple[str, bool]:
     return ctx.trustee, False
 
 
+def _host_and_port(
+    b: _Builder, ctx: _Ctx, s: str, endpoint: tuple[str, int] | None, proto: str, key: str, port: str
+) -> None:
+    """IMAP's or SMTP's server and port: the ESJ_PROVISION_<PROTO>_ENDPOINT override's, or the cloud's."""
+    if endpoint:
+        _override(b, s, endpoint, f"ESJ_PROVISION_{proto}_ENDPOINT")
+    else:
+        b.add_setting(s, "server", ctx.cloud(key, SRC_ENDPOINTS))
+        b.add(s, "port", port, True, SRC_ENDPOINTS)
+
+
 def _ews_server(b: _Builder, ctx: _Ctx, s: str, *, port_confirmed: bool, port_source: str) -> None:
     """The EWS URL (the override's, or the cloud's) and port 443: Genesys confirms the port for
     pop-client [EWS814], it is inferred for smtp-client."""
@@ -435,11 +448,7 @@ def _inbound(b: _Builder, ctx: _Ctx, s: str) -> None:
     prof = ctx.prof
     b.add_setting(s, "type", prof.setting("inbound-type", proto.value))
     if proto is Inbound.IMAP:
-        if ctx.req.imap_endpoint:
-            _override(b, s, ctx.req.imap_endpoint, "ESJ_PROVISION_IMAP_ENDPOINT")
-        else:
-            b.add_setting(s, "server", ctx.cloud("imap-host", SRC_ENDPOINTS))
-            b.add(s, "port", "993", True, SRC_ENDPOINTS)
+        _host_and_port(b, ctx, s, ctx.req.imap_endpoint, "IMAP", "imap-host", "993")
         _tls(b, s, prof, "imap")
     elif proto is Inbound.EWS:
         _ews_server(b, ctx, s, port_confirmed=True, port_source=SRC_GENESYS)
@@ -468,11 +477,7 @@ def _outbound(b: _Builder, ctx: _Ctx, s: str) -> None:
     prof = ctx.prof
     b.add_setting(s, "server-type", prof.setting("outbound-server-type", proto.value))
     if proto is Outbound.SMTP:
-        if ctx.req.smtp_endpoint:
-            _override(b, s, ctx.req.smtp_endpoint, "ESJ_PROVISION_SMTP_ENDPOINT")
-        else:
-            b.add_setting(s, "server", ctx.cloud("smtp-host", SRC_ENDPOINTS))
-            b.add(s, "port", "587", True, SRC_ENDPOINTS)
+        _host_and_port(b, ctx, s, ctx.req.smtp_endpoint, "SMTP", "smtp-host", "587")
         _tls(b, s, prof, "smtp")
         b.add(s, "enable-authentication", "true", True, SRC_GENESYS)
     elif proto is Outbound.EWS:
@@ -631,6 +636,8 @@ def load_profile(path: str | Path) -> Profile:
 
 
 def parse_profile(text: str, where: str = "<profile>") -> Profile:
+    # Long on purpose: the parser's settings and one check per profile section, each with its own
+    # message naming the line; splitting them would scatter the profile format over several places.
     import configparser  # only when a profile is given: keeps `emit` start-up lean
 
     parser = configparser.ConfigParser(

@@ -240,6 +240,8 @@ class _open_binary:
 
 
 def _iter_yaml(path: Path, problems: list[tuple[int, str]]) -> Iterator[ManifestRow]:
+    # Long on purpose: reading, decoding and the shape checks of a YAML manifest, each with the line
+    # number the admin needs; the row rules themselves are shared with CSV (_row).
     try:
         import yaml
     except ImportError:

@@ -229,14 +229,21 @@ async def gather_all(*aws: Awaitable[Any]) -> list[Any]:
 # -- preflight ---------------------------------------------------------------------------------
 
 
+def _lookup_failed(plan: Plan, result: LookupResult | None, code: str, noun: str, ref: str) -> bool:
+    """Whether Graph's lookup of the mailbox or the account failed; if so, the finding says how."""
+    if result is not None and result.error is None:
+        return False
+    err = result.error if result else None
+    if isinstance(err, NotFoundError):
+        plan.add("error", f"{code}-not-found", f"{noun} {ref} was not found in the tenant", "check the address")
+    elif err is not None:
+        plan.add("error", f"{code}-lookup-failed", f"{noun} {ref}: {err.message}", err.hint)
+    return True
+
+
 def _check_mailbox(plan: Plan, result: LookupResult | None) -> None:
     ref = plan.request.mailbox
-    if result is None or result.error is not None:
-        err = result.error if result else None
-        if isinstance(err, NotFoundError):
-            plan.add("error", "mailbox-not-found", f"mailbox {ref} was not found in the tenant", "check the address")
-        elif err is not None:
-            plan.add("error", "mailbox-lookup-failed", f"mailbox {ref}: {err.message}", err.hint)
+    if _lookup_failed(plan, result, "mailbox", "mailbox", ref) or result is None:
         return
     plan.mailbox = result.user
     purpose_error = result.purpose_error
@@ -281,12 +288,7 @@ def _check_mailbox(plan: Plan, result: LookupResult | None) -> None:
 
 def _check_trustee(plan: Plan, result: LookupResult | None) -> None:
     ref = plan.request.trustee.ref
-    if result is None or result.error is not None:
-        err = result.error if result else None
-        if isinstance(err, NotFoundError):
-            plan.add("error", "trustee-not-found", f"account {ref} was not found in the tenant", "check the address")
-        elif err is not None:
-            plan.add("error", "trustee-lookup-failed", f"account {ref}: {err.message}", err.hint)
+    if _lookup_failed(plan, result, "trustee", "account", ref) or result is None:
         return
     plan.trustee = result.user
     user = result.user
