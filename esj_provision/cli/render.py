@@ -121,11 +121,7 @@ def print_plan(plan: Plan, *, file: TextIO | None = None) -> None:
         con.print(f"  ok       ESJ app {app.name} ({app.app_id}): enterprise application {app.sp.id}")
         if app.registration == "ok" and plan.sp_step is None:
             con.print(f"  ok       registered in Exchange as service principal {app.exo_object_id}")
-    for f in plan.findings:
-        style = {"error": "red", "warning": "yellow", "info": "cyan"}[f.level]
-        con.print(f"  [{style}]{f.level:<8}[/{style}] {f.message}")
-        if f.hint:
-            con.print(f"           → {f.hint}")
+    _print_findings(con, plan.findings)
     if plan.refused:
         return
     con.print("[bold]Plan[/bold]")
@@ -165,16 +161,21 @@ def _print_step_result(con: Console, step: Step) -> None:
         con.print(f"           → {step.hint}")
 
 
+def _print_findings(con: Any, findings: Any) -> None:
+    """Each finding on its own line, coloured by level, with its fix below it."""
+    for f in findings:
+        style = {"error": "red", "warning": "yellow", "info": "cyan"}[f.level]
+        con.print(f"  [{style}]{f.level:<8}[/{style}] {f.message}")
+        if f.hint:
+            con.print(f"           → {f.hint}")
+
+
 def print_scope(scope: ScopePlan, *, file: TextIO | None = None) -> None:
     """The scoping of an ESJ app (onboard --scope-esj-app)."""
     con = console(file)
     dry = " (dry run: nothing will be changed)" if scope.dry_run else ""
     con.print(f"[bold]Scoping ESJ app {scope.app.name if scope.app else scope.app_id}[/bold] to {scope.mailbox}{dry}")
-    for f in scope.findings:
-        style = {"error": "red", "warning": "yellow", "info": "cyan"}[f.level]
-        con.print(f"  [{style}]{f.level:<8}[/{style}] {f.message}")
-        if f.hint:
-            con.print(f"           → {f.hint}")
+    _print_findings(con, scope.findings)
     if scope.refused:
         return
     for step in scope.steps:
