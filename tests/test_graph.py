@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -552,3 +553,150 @@ def test_outlook_items_go_in_their_own_batches_one_batch_in_flight() -> None:
     assert sorted(map(sorted, kinds)) == [["purpose"]] * 3 + [["user"]] * 3  # never mixed
     assert in_flight["max_outlook"] == 1  # one Outlook batch at a time ...
     assert in_flight["max_any"] > 1  # ... while directory batches still go out together
+
+
+# -- users read by object id (the shared-mailbox listing names them) -------------------------------
+
+
+def ids_asked(sub: dict[str, Any]) -> list[str]:
+    """The object ids of an ``/users?$filter=id in (...)`` item (quotes undoubled)."""
+    query = parse_qs(urlsplit(sub["url"]).query)
+    clause = query["$filter"][0]
+    assert clause.startswith("id in (") and clause.endswith(")")
+    assert query["$select"] == SELECT
+    return [v.replace("''", "'") for v in re.findall(r"'((?:[^']|'')*)'", clause)]
+
+
+def directory(known: dict[str, str], missing: set[str] = frozenset()) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A Graph answering id filters from ``known`` (object id -> address) and single reads by
+    address; ``missing`` object ids are not returned by the filter (replication lag)."""
+    by_address = {a.casefold(): oid for oid, a in known.items()}
+
+    def item(sub: dict[str, Any]) -> dict[str, Any]:
+        if urlsplit(sub["url"]).path == "/users":
+            value = [
+                {**user_body(known[oid]), "id": oid.upper()}  # Graph's case need not match the listing's
+                for oid in ids_asked(sub)
+                if oid in known and oid not in missing
+            ]
+            return {"status": 200, "body": {"@odata.context": f"{V1}/$metadata#users", "value": value}}
+        ref = ref_of(sub)
+        if ref.casefold() in by_address:
+            return {"status": 200, "body": {**user_body(ref), "id": by_address[ref.casefold()]}}
+        return {"status": 404, "body": GRAPH_NOT_FOUND}
+
+    return item
+
+
+def test_users_with_known_object_ids_are_read_fifteen_to_an_item() -> None:
+    router = respx.Router()
+    log: list[list[dict[str, Any]]] = []
+    known = {f"0000-{n:04d}": f"Queue{n}@contoso.com" for n in range(40)}
+    router.post(BATCH).side_effect = batch_answer(directory(known), log)
+    ids = {address: oid for oid, address in known.items()}
+
+    results = run(Env(router).graph.lookup_many([*ids, "alone@contoso.com"], ids=ids, background=True))
+
+    (batch,) = log  # 40 users by id: three items; one reference without an id: its own item
+    filters = [sub for sub in batch if urlsplit(sub["url"]).path == "/users"]
+    assert sorted(len(ids_asked(sub)) for sub in filters) == [10, 15, 15]
+    assert sorted(oid for sub in filters for oid in ids_asked(sub)) == sorted(known)
+    assert [ref_of(sub) for sub in batch if sub not in filters] == ["alone@contoso.com"]
+    assert all(sub["headers"] == {"x-ms-throttle-priority": "low"} for sub in batch)
+    for address, oid in ids.items():
+        user = results[address].user
+        assert results[address].ok and user is not None and user.id == oid.upper() and user.mail == address
+    assert isinstance(results["alone@contoso.com"].error, NotFoundError)
+
+
+def test_a_user_the_id_filter_misses_is_read_on_its_own() -> None:
+    """An id the filter does not return (a stale listing, replication lag) is read by its address,
+    which answers for it: found, or a plain not-found error."""
+    router = respx.Router()
+    log: list[list[dict[str, Any]]] = []
+    known = {"id-a": "a@contoso.com", "id-b": "b@contoso.com", "id-c": "c@contoso.com"}
+    router.post(BATCH).side_effect = batch_answer(directory(known, missing={"id-b"}), log)
+    ids = {"a@contoso.com": "id-a", "b@contoso.com": "id-b", "gone@contoso.com": "id-gone"}
+
+    results = run(Env(router).graph.lookup_many(list(ids), ids=ids))
+
+    assert len(log) == 2
+    assert [ref_of(sub) for sub in log[1]] == ["b@contoso.com", "gone@contoso.com"]
+    assert results["a@contoso.com"].ok and results["b@contoso.com"].ok
+    assert results["b@contoso.com"].user is not None and results["b@contoso.com"].user.id == "id-b"
+    assert isinstance(results["gone@contoso.com"].error, NotFoundError)
+
+
+def test_a_failed_id_filter_falls_back_to_one_read_per_user() -> None:
+    """Graph refusing the filter itself (400 too many clauses, an unsupported query in some cloud)
+    costs requests, never an answer: each user is then read on its own."""
+    router = respx.Router()
+    log: list[list[dict[str, Any]]] = []
+    known = {"id-a": "a@contoso.com", "id-b": "b@contoso.com"}
+    plain = directory(known)
+
+    def item(sub: dict[str, Any]) -> dict[str, Any]:
+        if urlsplit(sub["url"]).path == "/users":
+            return {"status": 400, "body": {"error": {"code": "Request_UnsupportedQuery", "message": "Unsupported query."}}}
+        return plain(sub)
+
+    router.post(BATCH).side_effect = batch_answer(item, log)
+    ids = {"a@contoso.com": "id-a", "b@contoso.com": "id-b"}
+
+    results = run(Env(router).graph.lookup_many(list(ids), ids=ids))
+
+    assert [len(b) for b in log] == [1, 2]
+    assert all(r.ok and r.user is not None for r in results.values())
+
+
+def test_a_throttled_id_filter_is_sent_again_whole_after_retry_after() -> None:
+    router = respx.Router()
+    log: list[list[dict[str, Any]]] = []
+    known = {"id-a": "a@contoso.com", "id-b": "b@contoso.com"}
+    plain = directory(known)
+
+    def item(sub: dict[str, Any]) -> dict[str, Any]:
+        if len(log) == 1:
+            return {"status": 429, "headers": {"Retry-After": "2"}, "body": {"error": {"code": "TooManyRequests"}}}
+        return plain(sub)
+
+    router.post(BATCH).side_effect = batch_answer(item, log)
+    ids = {"a@contoso.com": "id-a", "b@contoso.com": "id-b"}
+
+    async def go() -> tuple[dict[str, LookupResult], FakeTime]:
+        env = Env(router)
+        return await env.graph.lookup_many(list(ids), ids=ids), env.time
+
+    results, clock = run(go())
+    assert [len(b) for b in log] == [1, 1] and log[0] == log[1]
+    assert sorted(ids_asked(log[1][0])) == ["id-a", "id-b"]
+    assert clock.sleeps == [pytest.approx(2.0)]
+    assert all(r.ok for r in results.values())
+
+
+def test_a_throttled_id_filter_out_of_attempts_is_an_error_for_each_user() -> None:
+    router = respx.Router()
+    log: list[list[dict[str, Any]]] = []
+    router.post(BATCH).side_effect = batch_answer(
+        lambda sub: {"status": 429, "headers": {"Retry-After": "1"}, "body": {"error": {"code": "TooManyRequests"}}},
+        log,
+    )
+    ids = {"a@contoso.com": "id-a", "b@contoso.com": "id-b"}
+
+    async def go() -> dict[str, LookupResult]:
+        return await Env(router, RetryPolicy(max_attempts=2)).graph.lookup_many(list(ids), ids=ids)
+
+    results = run(go())
+    assert len(log) == 2
+    assert all(isinstance(r.error, ThrottledError) and r.user is None for r in results.values())
+
+
+def test_an_id_with_a_quote_is_an_odata_literal() -> None:
+    router = respx.Router()
+    log: list[list[dict[str, Any]]] = []
+    router.post(BATCH).side_effect = batch_answer(directory({"o'brien": "ob@contoso.com"}), log)
+
+    results = run(Env(router).graph.lookup_many(["ob@contoso.com"], ids={"ob@contoso.com": "o'brien"}))
+
+    assert "id in ('o''brien')" in unquote(log[0][0]["url"])
+    assert results["ob@contoso.com"].ok

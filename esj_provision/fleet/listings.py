@@ -8,14 +8,15 @@ Two listings answer for every row at once (updates-2026-11.md §4):
 * ``Get-Mailbox -RecipientTypeDetails SharedMailbox`` (one request per 1,000 mailboxes) gives each
   shared mailbox's ``Identity`` with its addresses and Entra object id, to join the two.
 
-``bulk`` also takes a listed mailbox's type from the listing instead of one Graph
-``mailboxSettings`` read per row (an Outlook read: four in flight per app at most), which halves
-its Graph items and keeps lookups ahead of Exchange when Graph is the slower service. A plain
-``Get-Mailbox`` lists no inactive or soft-deleted mailbox (those need ``-InactiveMailboxOnly``,
-``-IncludeInactiveMailbox`` or ``-SoftDeletedMailbox``) and an on-premises one is a MailUser in
-Exchange Online, so a listed SharedMailbox is one Graph can read. ``audit`` still reads every
-row's type from Graph: a mailbox Graph cannot read over REST is drift it must report whatever
-the listing says.
+``bulk`` and ``audit`` also take a listed mailbox's type from the listing instead of one Graph
+``mailboxSettings`` read per row (an Outlook read: four in flight per app at most), and its Entra
+object id, so Graph reads listed mailboxes 15 to a batch item (``/users?$filter=id in (...)``)
+instead of one item each: lookups stay ahead of Exchange even when Graph is the slower service.
+A plain ``Get-Mailbox`` lists no inactive or soft-deleted mailbox (those need
+``-InactiveMailboxOnly``, ``-IncludeInactiveMailbox`` or ``-SoftDeletedMailbox``) and an
+on-premises one is a MailUser in Exchange Online, so a listed SharedMailbox is one Graph can read.
+``audit`` still asks Graph the type of rows ESJ reads over GRAPH: a mailbox Graph cannot read over
+REST is drift there, whatever the listing says.
 
 Full Access has no such listing (``Get-MailboxPermission`` needs ``-Identity``): it is still read
 per mailbox. Send As falls back to the per-mailbox read whenever the listing cannot be trusted:
@@ -63,6 +64,7 @@ class FleetListings:
         self.confirm_absent = confirm_absent
         self._by_address: dict[str, str] = {}  # casefolded SMTP address -> Identity (casefolded)
         self._by_object_id: dict[str, str] = {}  # Entra object id -> Identity
+        self._object_id: dict[str, str] = {}  # Identity -> Entra object id (the reverse)
         self._ambiguous: set[str] = set()
         self._shared_loaded = False
         self._grants: dict[str, asyncio.Future[frozenset[str] | None]] = {}
@@ -95,11 +97,20 @@ class FleetListings:
                     self._by_address[address.casefold()] = name
             if m.external_directory_object_id:
                 self._by_object_id[m.external_directory_object_id.casefold()] = name
+                self._object_id[name] = m.external_directory_object_id
         self._shared_loaded = True
 
     def is_shared(self, address: str) -> bool:
         """The address is a listed shared mailbox (bulk then does not ask Graph its type)."""
         return address.strip().casefold() in self._by_address
+
+    def object_id_of(self, address: str) -> str | None:
+        """The listed mailbox's Entra object id (``ExternalDirectoryObjectId``), so Graph can read
+        many of them with one ``id in (...)`` filter; None when the listing cannot name it for sure."""
+        name = self._by_address.get(address.strip().casefold())
+        if name is None or name in self._ambiguous:
+            return None
+        return self._object_id.get(name)
 
     def identity_of(self, user: DirectoryUser | None, address: str) -> str | None:
         """The mailbox's Exchange Identity, or None when the listing cannot name it for sure."""

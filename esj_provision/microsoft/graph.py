@@ -18,7 +18,7 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -45,6 +45,11 @@ log = logging.getLogger(__name__)
 USER_SELECT = ("id", "userPrincipalName", "mail", "displayName", "accountEnabled", "onPremisesSyncEnabled")
 SP_SELECT = ("id", "appId", "displayName")
 BATCH_LIMIT = 20  # Graph's hard limit of requests in one $batch
+# Values in one `in` filter without advanced query parameters: "15 items by default"
+# (learn.microsoft.com/graph/filter-query-parameter; over it Graph answers 400 "Too many child
+# clauses specified in search filter expression containing 'OR' operators: 16. Max allowed: 15",
+# microsoft-graph-docs issue #21098). A user's id supports `in` by default (user resource page).
+ID_FILTER_LIMIT = 15
 MAX_PAGES = 50  # app roles, applications: a handful of items; this only guards against a paging loop
 # Graph answers 429 ApplicationThrottled to an app with more than 4 Outlook requests (mail,
 # mailboxSettings) in flight, and dispatches a batch's Outlook items four at a time
@@ -176,6 +181,12 @@ def _filter(prop: str, value: str) -> str:
     return quote(f"{prop} eq '{value.replace(chr(39), chr(39) * 2)}'", safe="")
 
 
+def _ids_filter(ids: Sequence[str]) -> str:
+    """``$filter=id in ('a','b')`` (OData string literals), percent-encoded."""
+    values = ",".join(f"'{i.replace(chr(39), chr(39) * 2)}'" for i in ids)
+    return quote(f"id in ({values})", safe="")
+
+
 def _header(headers: Any, name: str) -> str | None:
     """A header from httpx.Headers or the plain dict kiota sometimes hands over, ignoring case."""
     if headers is None:
@@ -226,9 +237,16 @@ def _odata_literal(ref: str) -> str:
 
 @dataclass(frozen=True)
 class _Item:
-    key: str  # the casefolded reference
-    kind: str  # "user" or "purpose"
+    key: str  # the casefolded reference (an "ids" item: its first member's)
+    kind: str  # "user", "purpose", or "ids" (up to ID_FILTER_LIMIT users read by object id)
     url: str  # relative to /v1.0
+    members: tuple[tuple[str, str], ...] = ()  # "ids": (casefolded reference, object id) each
+
+    def answers(self) -> list[tuple[str, str]]:
+        """The (reference key, kind) pairs this item's outcome settles."""
+        if self.kind == "ids":
+            return [(key, "user") for key, _ in self.members]
+        return [(self.key, self.kind)]
 
 
 @dataclass(frozen=True)
@@ -387,11 +405,21 @@ class GraphClient:
     # -- batched reads ------------------------------------------------------------------------
 
     async def lookup_many(
-        self, refs: Iterable[str], with_purpose: bool = False, *, background: bool = False
+        self,
+        refs: Iterable[str],
+        with_purpose: bool = False,
+        *,
+        background: bool = False,
+        ids: Mapping[str, str] | None = None,
     ) -> dict[str, LookupResult]:
         """Resolve many references with JSON batching (at most 20 requests per $batch).
 
         ``background``: sent with ``x-ms-throttle-priority: low`` (bulk lookups, audit).
+        ``ids``: the Entra object id of some references, known from elsewhere (bulk and audit take
+        it from Exchange's shared-mailbox listing): those users are read up to ID_FILTER_LIMIT per
+        item with ``/users?$filter=id in (...)``, so one $batch reads 300 of them where it read 20.
+        A reference the filter does not return, or whose item fails, is read on its own, which
+        then says why (so a wrong id costs a request, never a wrong answer).
         Directory items go first and the Outlook items (userPurpose) after them, so they share as
         few batches as possible: a batch with an Outlook item waits for the Outlook gate.
 
@@ -409,16 +437,18 @@ class GraphClient:
             if r:
                 keys[ref] = r.casefold()
                 first.setdefault(r.casefold(), r)
+        known = {ref.strip().casefold(): oid for ref, oid in (ids or {}).items() if oid}
         users: dict[str, DirectoryUser] = {}
         purposes: dict[str, str] = {}
         errors: dict[tuple[str, str], EsjProvisionError] = {}
         budget = self._http.budget()
         pacer = self._http.pacer("graph")
-        pending = self._items(first, with_purpose)
+        pending = self._items(first, with_purpose, known)
         while pending:
             budget.start()
             outcomes = await self._run_batches(pending, background)
             retry: list[_Item] = []
+            again: list[_Item] = []  # references an "ids" item did not settle: read one by one
             waits: list[float] = []
             answered = sum(1 for o in outcomes if o.status < 400 or o.status in {403, 404})
             if pacer is not None and answered:
@@ -428,25 +458,25 @@ class GraphClient:
                     retry.append(o.item)
                     waits.append(budget.delay(parse_retry_after(_header(o.headers, "retry-after"))))
                     continue
-                self._record(o, first[o.item.key], users, purposes, errors)
-            if not retry:
-                break
-            throttled = sum(1 for o in outcomes if o.status == 429 and o.item in retry)
-            delay = budget.take(max(waits))
-            if delay is None:
-                for item in retry:
-                    errors[(item.key, item.kind)] = graph_error(
-                        429, "", "", None, op=item.kind, ref=first[item.key]
-                    )
-                break
-            log.debug("%d batch item(s) throttled or failed; again in %.2fs", len(retry), delay)
-            if throttled and pacer is not None:
-                # The pacer pauses every Graph caller and slows down; the next $batch POST waits
-                # out the delay in the transport's acquire().
-                pacer.on_throttle(delay, refused=throttled)
-            else:
-                await budget.sleep(delay)
-            pending = retry
+                unsettled = self._record(o, first, users, purposes, errors)
+                again += [self._user_item(key, first[key]) for key in unsettled]
+            if retry:
+                throttled = sum(1 for o in outcomes if o.status == 429 and o.item in retry)
+                delay = budget.take(max(waits))
+                if delay is None:
+                    for item in retry:
+                        for key, kind in item.answers():
+                            errors[(key, kind)] = graph_error(429, "", "", None, op=kind, ref=first[key])
+                    retry = []
+                else:
+                    log.debug("%d batch item(s) throttled or failed; again in %.2fs", len(retry), delay)
+                    if throttled and pacer is not None:
+                        # The pacer pauses every Graph caller and slows down; the next $batch POST
+                        # waits out the delay in the transport's acquire().
+                        pacer.on_throttle(delay, refused=throttled)
+                    else:
+                        await budget.sleep(delay)
+            pending = retry + again
 
         return {
             ref: LookupResult(
@@ -459,9 +489,23 @@ class GraphClient:
             for ref, key in keys.items()
         }
 
-    def _items(self, first: dict[str, str], with_purpose: bool) -> list[_Item]:
-        """The batch items for each distinct reference: its user, and with_purpose its userPurpose."""
-        items = [_Item(key, "user", self.relative_url(self.user_request(ref))) for key, ref in first.items()]
+    def _user_item(self, key: str, ref: str) -> _Item:
+        return _Item(key, "user", self.relative_url(self.user_request(ref)))
+
+    def _items(self, first: dict[str, str], with_purpose: bool, known: Mapping[str, str]) -> list[_Item]:
+        """The batch items: users by object id where it is known (ID_FILTER_LIMIT to an item),
+        each other reference's user, and with_purpose each one's userPurpose."""
+        by_id = [(key, known[key]) for key in first if key in known]
+        items = [
+            _Item(
+                group[0][0],
+                "ids",
+                f"/users?$filter={_ids_filter([oid for _, oid in group])}&$select={','.join(USER_SELECT)}",
+                tuple(group),
+            )
+            for group in (by_id[i : i + ID_FILTER_LIMIT] for i in range(0, len(by_id), ID_FILTER_LIMIT))
+        ]
+        items += [self._user_item(key, ref) for key, ref in first.items() if key not in known]
         if with_purpose:  # after the users, so Outlook items share as few batches as possible
             items += [_Item(key, "purpose", self.relative_url(self.user_purpose_request(ref))) for key, ref in first.items()]
         return items
@@ -469,27 +513,51 @@ class GraphClient:
     @staticmethod
     def _record(
         outcome: _Outcome,
-        ref: str,
+        first: dict[str, str],
         users: dict[str, DirectoryUser],
         purposes: dict[str, str],
         errors: dict[tuple[str, str], EsjProvisionError],
-    ) -> None:
+    ) -> list[str]:
+        """Record an item's outcome; the reference keys it left unsettled (an "ids" item's users
+        it did not return, or all of them when it failed), to be read one by one."""
         item, status, body = outcome.item, outcome.status, outcome.body
+        if item.kind == "ids":
+            if status in RETRYABLE_STATUS or outcome.final:
+                # Throttled or failing past the retry policy: reading each user alone would too.
+                code, message, rid = _error_fields(body)
+                for key, _ in item.members:
+                    errors[(key, "user")] = graph_error(status, code, message, rid, op="user", ref=first[key])
+                return []
+            if not (200 <= status < 300 and isinstance(body, dict)):
+                return [key for key, _ in item.members]  # the filter refused: each user read alone says why
+            found = {
+                str(v.get("id") or "").casefold(): v for v in body.get("value") or [] if isinstance(v, dict)
+            }
+            unsettled = []
+            for key, oid in item.members:
+                data = found.get(oid.casefold())
+                if data is None:
+                    unsettled.append(key)
+                else:
+                    users[key] = parse_user(data)
+            return unsettled
+        ref = first[item.key]
         if 200 <= status < 300 and isinstance(body, dict):
             if item.kind == "user":
                 users[item.key] = parse_user(body)
-                return
+                return []
             purpose = parse_user_purpose(body)
             if purpose is not None:
                 purposes[item.key] = purpose
-                return
+                return []
             errors[(item.key, item.kind)] = ServiceError(f"{ref}: Graph returned no userPurpose")
-            return
+            return []
         if 200 <= status < 300:
             errors[(item.key, item.kind)] = ServiceError(f"{ref}: Graph returned a batch item that is not JSON")
-            return
+            return []
         code, message, rid = _error_fields(body)
         errors[(item.key, item.kind)] = graph_error(status, code, message, rid, op=item.kind, ref=ref)
+        return []
 
     async def _run_batches(self, items: list[_Item], background: bool = False) -> list[_Outcome]:
         chunks = [items[i : i + self._batch_size] for i in range(0, len(items), self._batch_size)]
