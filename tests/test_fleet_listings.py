@@ -22,6 +22,7 @@ import pytest
 
 from esj_provision.errors import AccessDeniedError, ServiceError
 from esj_provision.fleet.listings import FleetListings, verify_batch_size, verify_send_as
+from esj_provision.microsoft.session import Session
 from esj_provision.models import (
     AppTrustee,
     DirectoryUser,
@@ -78,8 +79,15 @@ class FakeExchange:
 
 
 class FakeSession:
+    """The session's once-a-run reads over a fake Exchange."""
+
+    _once = Session._once
+    mailbox_listing = Session.mailbox_listing
+    send_as_listing = Session.send_as_listing
+
     def __init__(self, exchange: FakeExchange) -> None:
         self.exchange = exchange
+        self._reads: dict[tuple[str, ...], Any] = {}
 
 
 def plan_for(n: int, trustee: DirectoryUser = TRUSTEE, *, oid: str | None = None) -> Plan:
@@ -341,3 +349,43 @@ def test_audit_reads_a_send_as_the_listing_lacks_before_calling_it_drift(tmp_pat
         assert report[mailboxes[0]]["send_as"] == report[mailboxes[2]]["send_as"] == "present"
         per_mailbox = _exchange(sb, mark)[("Get-RecipientPermission", True)]
         assert per_mailbox == 1  # only the row the listing did not name
+
+
+# -- the session's once-a-run reads ---------------------------------------------------------------
+
+
+def test_a_kept_listing_is_read_once_for_every_reader_and_fresh_reads_again() -> None:
+    ex = FakeExchange([mailbox(1)], [grant("queue1")])
+    session = FakeSession(ex)
+    sent: list[str] = []
+
+    async def go() -> None:
+        first, second = await asyncio.gather(
+            session.mailbox_listing(("SharedMailbox",), keep=True, on_send=lambda: sent.append("a")),
+            session.mailbox_listing(["sharedmailbox"], on_send=lambda: sent.append("b")),  # same kinds, any case
+        )
+        assert first == second == ex.mailboxes
+        await session.send_as_listing("SVC@contoso.com", keep=True)
+        await session.send_as_listing("svc@contoso.com")
+        await session.send_as_listing("svc@contoso.com", fresh=True)  # verification after writes
+
+    run(go())
+    assert sent == ["a"]  # only the read that went out is counted by its caller
+    assert ex.calls == Counter({"list_mailboxes": 1, "send_as_grants_of": 2})
+
+
+def test_a_listing_not_kept_is_read_again_and_a_failed_one_is_forgotten() -> None:
+    ex = FakeExchange([mailbox(1)], [])
+    session = FakeSession(ex)
+
+    async def go() -> None:
+        await session.mailbox_listing(("SharedMailbox",))
+        await session.mailbox_listing(("SharedMailbox",))  # not kept: a tenant's listing is large
+        ex.fail["send_as_grants_of"] = ServiceError("busy")
+        with pytest.raises(ServiceError):
+            await session.send_as_listing("svc@contoso.com", keep=True)
+        del ex.fail["send_as_grants_of"]
+        assert await session.send_as_listing("svc@contoso.com", keep=True) == []  # tried again
+
+    run(go())
+    assert ex.calls == Counter({"list_mailboxes": 2, "send_as_grants_of": 2})

@@ -264,3 +264,24 @@ def test_an_unknown_trustee_is_an_error(tenant: tuple[Sandbox, Path]) -> None:
     sb, _ = tenant
     r = cli(sb, "audit", "--trustee", "nobody@contoso.com")
     assert r.exit_code == 1 and "nobody@contoso.com" in r.stderr and "not found" in r.stderr
+
+
+@pytest.mark.parametrize("extra", [[], ["--include-user-mailboxes"]])
+def test_audit_unlisted_reads_each_listing_once(tenant: tuple[Sandbox, Path], extra: list[str]) -> None:
+    """The manifest's rows and the search share one mailbox listing and one Send As listing per
+    trustee: read once a run, not once for each."""
+    sb, manifest = tenant
+    sb.reset_calls()
+    r = cli(sb, "audit", str(manifest), "--unlisted", *extra, "--format", "json")
+    assert r.exit_code == 3, r.stdout + r.stderr
+    calls = [c for c in sb.calls() if c.get("cmdlet")]
+    listings = [c for c in calls if c["cmdlet"] == "Get-Mailbox"]
+    assert len(listings) == 1
+    kinds = listings[0]["parameters"]["RecipientTypeDetails"]
+    assert sorted(kinds) == (["SharedMailbox", "UserMailbox"] if extra else ["SharedMailbox"])
+    trustee_wide = [c for c in calls if c["cmdlet"] == "Get-RecipientPermission" and not c["parameters"].get("Identity")]
+    listed = [c["parameters"]["Trustee"].lower() for c in trustee_wide]
+    assert len(listed) == len(set(listed)) and "esj-svc@contoso.onmicrosoft.com" in listed  # each trustee once
+    data = json.loads(r.stdout)
+    assert grants_in(data["unlisted"]) == ({**UNLISTED, **USER_MAILBOX_GRANT} if extra else UNLISTED)
+    assert [row["status"] for row in data["rows"]] == ["in-sync"] * 4

@@ -25,7 +25,7 @@ from ..provision.esj_app import AppAccess, app_access
 from ..provision.onboard import preflight
 from ..provision.request import send_as_for
 from .bulk import process_rows, request_for, warm_up
-from .listings import FleetListings
+from .listings import SHARED, FleetListings
 from .manifest import ManifestRow, rows
 
 if TYPE_CHECKING:
@@ -210,7 +210,10 @@ async def run_audit(
     apps: dict[str, None] = {a.lower(): None for a in esj_apps}  # ordered set: manifest apps join it
     # Send As from one listing per trustee: 1 Exchange call per row (Full Access) instead of 2.
     # An "absent" there is read again per mailbox before it is reported as drift.
-    listings = FleetListings(session, confirm_absent=True)
+    # With --unlisted, the listing its search needs is read here and kept for it: read once a run.
+    listings = FleetListings(
+        session, confirm_absent=True, kinds=unlisted_kinds or (SHARED,), keep=unlisted_kinds is not None
+    )
 
     # A service-account row's EWS allow-list is checked for the ESJ app when one was named.
     esj_app = esj_apps[0].lower() if len(esj_apps) == 1 else None

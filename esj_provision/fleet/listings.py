@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from ..provision.onboard import Plan
 
 log = logging.getLogger(__name__)
+SHARED = "SharedMailbox"
 
 
 class FleetListings:
@@ -58,10 +59,17 @@ class FleetListings:
     200 bytes), not with the manifest; the trustees' listings hold one Identity per grant.
     """
 
-    def __init__(self, session: Session, *, confirm_absent: bool) -> None:
+    def __init__(
+        self, session: Session, *, confirm_absent: bool, kinds: tuple[str, ...] = (SHARED,), keep: bool = False
+    ) -> None:
         self._session = session
         # audit: an "absent" from the listing is read again per mailbox before it is reported.
         self.confirm_absent = confirm_absent
+        # audit --unlisted: the mailbox kinds its search lists; both listings read here are kept
+        # for it (``keep``) instead of being read again.
+        # Only the shared mailboxes among them are indexed (the rows' type and Send As join).
+        self._kinds = kinds
+        self._keep = keep
         self._by_address: dict[str, str] = {}  # casefolded SMTP address -> Identity (casefolded)
         self._by_object_id: dict[str, str] = {}  # Entra object id -> Identity
         self._object_id: dict[str, str] = {}  # Identity -> Entra object id (the reverse)
@@ -76,7 +84,7 @@ class FleetListings:
     async def load_shared(self) -> None:
         """Read the shared-mailbox listing; on failure every row reads its Send As per mailbox."""
         try:
-            mailboxes = await self._session.exchange.list_mailboxes(("SharedMailbox",))
+            mailboxes = await self._session.mailbox_listing(self._kinds, keep=self._keep)
         except (AccessDeniedError, AuthError):
             raise  # every per-row read would fail the same way: stop and say so
         except EsjProvisionError as exc:
@@ -84,6 +92,8 @@ class FleetListings:
             return
         seen: set[str] = set()
         for m in mailboxes:
+            if len(self._kinds) > 1 and m.recipient_type_details.casefold() != SHARED.casefold():
+                continue
             name = m.identity.casefold()
             if not name:
                 continue
@@ -129,9 +139,9 @@ class FleetListings:
         """Whether this trustee's Send As listing can be relied on (no possible SID history)."""
         return self._shared_loaded and trustee is not None and trustee.on_premises_sync_enabled is None
 
-    async def _list(self, upn: str) -> frozenset[str] | None:
+    async def _list(self, upn: str, *, fresh: bool = False) -> frozenset[str] | None:
         try:
-            grants = await self._session.exchange.send_as_grants_of(upn)
+            grants = await self._session.send_as_listing(upn, fresh=fresh, keep=self._keep)
         except (AccessDeniedError, AuthError):
             raise
         except EsjProvisionError as exc:
@@ -158,7 +168,7 @@ class FleetListings:
     async def relist(self, trustee: DirectoryUser) -> frozenset[str] | None:
         """A fresh listing (verification after grants); it also replaces the cached one."""
         key = trustee.user_principal_name.casefold()
-        read = self._grants[key] = asyncio.ensure_future(self._list(trustee.user_principal_name))
+        read = self._grants[key] = asyncio.ensure_future(self._list(trustee.user_principal_name, fresh=True))
         return await asyncio.shield(read)
 
     def covers(self, plan: Plan) -> bool:

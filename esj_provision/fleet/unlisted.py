@@ -40,13 +40,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from ..errors import AccessDeniedError, AppLookupError, AuthError, EsjProvisionError, NotFoundError
 from ..microsoft.exchange import holds
 from ..models import DirectoryUser, ExchangeMailbox, PermissionRow, RecipientPermissionRow, Right, SendAsGrant, is_guid
+from .listings import SHARED
 
 if TYPE_CHECKING:
     from ..microsoft.session import Session
     from ..provision.esj_app import AppIdentity
     from .manifest import ManifestRow
 
-SHARED = "SharedMailbox"
 USER = "UserMailbox"
 RIGHT_TEXT = {Right.FULL_ACCESS: "Full Access", Right.SEND_AS: "Send As"}
 
@@ -319,9 +319,9 @@ async def _send_as_listings(
     from the trustee-wide listing. A trustee whose listing fails is left out (read per mailbox)."""
 
     async def one(t: TrusteeRef) -> tuple[TrusteeRef, list[tuple[str, str]] | EsjProvisionError]:
-        found.count("Get-RecipientPermission")
         try:
-            grants = await session.exchange.send_as_grants_of(t.exchange_id)
+            # Read once a run: audit --unlisted has read it already for the manifest's rows.
+            grants = await session.send_as_listing(t.exchange_id, on_send=lambda: found.count("Get-RecipientPermission"))
         except (AccessDeniedError, AuthError):
             raise
         except EsjProvisionError as exc:
@@ -417,9 +417,9 @@ async def discover(
     for t in trustees:
         if not t.registered:
             found.notes.append(f"ESJ app {t.ref} is not registered in Exchange: it can hold no grant")
-    found.count("Get-Mailbox")
     mailboxes, send_as = await asyncio.gather(
-        session.exchange.list_mailboxes(kinds), _send_as_listings(session, active, found)
+        session.mailbox_listing(kinds, on_send=lambda: found.count("Get-Mailbox")),
+        _send_as_listings(session, active, found),
     )
     found.mailboxes_listed = len(mailboxes)
     await listing.resolve(session, mailboxes)

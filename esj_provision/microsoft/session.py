@@ -8,8 +8,10 @@ each service account's own SMTP AUTH setting (most manifests name one account on
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from ..config import Settings
 from ..models import CasMailbox, TransportConfig
@@ -17,12 +19,15 @@ from ..models import CasMailbox, TransportConfig
 if TYPE_CHECKING:
     import httpx
 
+    from ..models import ExchangeMailbox, SendAsGrant
     from ..provision.esj_app import AppIdentity
     from ..provision.writes import Step
     from .credentials import TokenProvider
     from .exchange import ExchangeClient
     from .graph import GraphClient, LookupResult
     from .http import MicrosoftHttp, RetryPolicy
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -61,8 +66,7 @@ class Session:
         assert settings.tenant_id is not None
         self.graph: GraphClient = GraphClient(self.http)
         self.exchange: ExchangeClient = ExchangeClient(self.http, settings.tenant_id)
-        self._transport_config: asyncio.Future[TransportConfig] | None = None
-        self._trustee_cas: dict[str, asyncio.Future[CasMailbox]] = {}
+        self._reads: dict[tuple[str, ...], asyncio.Future[Any]] = {}
         self.cache = RunCache()
 
     async def tenant_guid(self) -> str | None:
@@ -77,29 +81,64 @@ class Session:
         token = await self.tokens.get(self.http.graph.scope)
         return tenant_guid(None, token.claims().get("tid"))
 
+    async def _once(
+        self,
+        key: tuple[str, ...],
+        read: Callable[[], Awaitable[T]],
+        *,
+        fresh: bool = False,
+        keep: bool = True,
+        on_send: Callable[[], None] | None = None,
+    ) -> T:
+        """``read()`` once per session for ``key``, however many callers ask at once. A failed read
+        is forgotten, so the next caller may try again; ``fresh`` reads again (and keeps that
+        answer); ``keep=False`` does not hold the answer for later callers (it joins a read already
+        held or in flight). ``on_send`` is called when this call is the one that reads."""
+        held = None if fresh else self._reads.get(key)
+        if held is None:
+            if on_send is not None:
+                on_send()
+            held = asyncio.ensure_future(read())
+            if keep or key in self._reads:
+                self._reads[key] = held
+        try:
+            return cast(T, await asyncio.shield(held))
+        except Exception:
+            if self._reads.get(key) is held:
+                del self._reads[key]
+            raise
+
     async def transport_config(self) -> TransportConfig:
         """The tenant's SMTP AUTH switch, read once per session however many rows ask."""
-        if self._transport_config is None:
-            self._transport_config = asyncio.ensure_future(self.exchange.get_transport_config())
-        try:
-            return await asyncio.shield(self._transport_config)
-        except Exception:
-            self._transport_config = None  # a failed read may be retried by the next row
-            raise
+        return await self._once(("Get-TransportConfig",), self.exchange.get_transport_config)
 
     async def trustee_cas_mailbox(self, identity: str) -> CasMailbox:
         """A trustee's CAS settings (its own SMTP AUTH switch), read once per session however many
         rows name it. Only for trustees, whose number stays small: not for every row's mailbox."""
-        key = identity.lower()
-        read = self._trustee_cas.get(key)
-        if read is None:
-            read = self._trustee_cas[key] = asyncio.ensure_future(self.exchange.get_cas_mailbox(identity))
-        try:
-            return await asyncio.shield(read)
-        except Exception:
-            if self._trustee_cas.get(key) is read:
-                del self._trustee_cas[key]  # a failed read may be retried by the next row
-            raise
+        return await self._once(("Get-CASMailbox", identity.lower()), partial(self.exchange.get_cas_mailbox, identity))
+
+    async def mailbox_listing(
+        self, kinds: Sequence[str], *, keep: bool = False, on_send: Callable[[], None] | None = None
+    ) -> list[ExchangeMailbox]:
+        """The paged ``Get-Mailbox`` listing of ``kinds``. ``keep``: hold it for a later reader of
+        the same run (``audit --unlisted`` reads it for the manifest's rows, then for the search)
+        rather than read it twice; otherwise it is not held (a tenant's listing is large)."""
+        key = ("Get-Mailbox", *sorted(k.strip().casefold() for k in kinds))
+        return await self._once(key, partial(self.exchange.list_mailboxes, kinds), keep=keep, on_send=on_send)
+
+    async def send_as_listing(
+        self,
+        trustee: str,
+        *,
+        fresh: bool = False,
+        keep: bool = False,
+        on_send: Callable[[], None] | None = None,
+    ) -> list[SendAsGrant]:
+        """Every Send As grant of ``trustee`` (one paged listing); ``keep`` and a listing already
+        held as for :meth:`mailbox_listing`. ``fresh`` reads it again (verification after writes)."""
+        key = ("Get-RecipientPermission", trustee.casefold())
+        read = partial(self.exchange.send_as_grants_of, trustee)
+        return await self._once(key, read, fresh=fresh, keep=keep, on_send=on_send)
 
     def stats(self) -> dict[str, Any]:
         s = self.http.transport.stats
