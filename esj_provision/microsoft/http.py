@@ -147,12 +147,19 @@ class AdaptivePacer:
     for every caller) stay rare. The 429s of one burst (requests already in flight when the first
     one came back) count as one signal, not as many. A request may weigh more than one (a Graph
     ``$batch`` of 20 counts 20 against the limit).
+
+    From the second signal on, the ceiling is what the service admitted between the two: each
+    429 finds the service's bucket empty, so the requests sent between two of them that got
+    through measure its refill rate exactly, where an answer rate over a window also counts the
+    burst a full bucket lets through after each pause (over a 5 s window, 8 requests/s looked like
+    9 to 10, and the pacer kept running into the limit).
     """
 
     WINDOW_S = 5.0  # long enough to average over a Retry-After pause and the burst that follows it
     BACKOFF = 0.9
     NEAR = 0.97
     PROBE_PER_S = 0.02  # growth beyond NEAR * ceiling, as a fraction of the ceiling per second
+    MIN_SIGNAL_GAP_S = 1.0  # two 429 signals closer than this say little about a rate
 
     def __init__(
         self,
@@ -176,6 +183,8 @@ class AdaptivePacer:
         self._last_growth = clock()
         self._successes: deque[tuple[float, int]] = deque(maxlen=4096)
         self._sends: deque[tuple[float, int]] = deque(maxlen=4096)
+        self._admitted: deque[tuple[float, int]] = deque(maxlen=4096)  # (sent at, weight) that got through
+        self._last_signal: float | None = None  # when the request of the last 429 signal was sent
 
     def _rate(self, events: deque[tuple[float, int]], now: float) -> float:
         """Events per second over the recent window, measured between its first and last event
@@ -191,7 +200,8 @@ class AdaptivePacer:
             return 0.0  # too short to tell a rate from a burst
         return (sum(w for _, w in events) - events[0][1]) / span
 
-    async def acquire(self, weight: int = 1) -> None:
+    async def acquire(self, weight: int = 1) -> float:
+        """Wait for the request's slot; returns when it is sent (for on_success/on_throttle)."""
         now = self._clock()
         start = max(now, self._next_slot, self._paused_until)
         if self.rate:
@@ -199,10 +209,12 @@ class AdaptivePacer:
         self._sends.append((start, weight))
         if start > now:
             await self._sleep(start - now)
+        return start
 
-    def on_success(self, weight: int = 1) -> None:
+    def on_success(self, weight: int = 1, *, sent_at: float | None = None) -> None:
         now = self._clock()
         self._successes.append((now, weight))
+        self._admitted.append((now if sent_at is None else sent_at, weight))
         elapsed, self._last_growth = now - self._last_growth, now
         if self.rate is None or self.ceiling is None:
             return
@@ -216,11 +228,11 @@ class AdaptivePacer:
         if self.max_rate:
             self.rate = min(self.rate, self.max_rate)
 
-    def on_throttle(self, retry_after: float, *, refused: int = 0) -> None:
-        """A 429 with ``retry_after`` (as given). ``refused``: how much of an already paced
-        request's weight the service turned away (the throttled items of a ``$batch``); their share
-        of the reservation is given back, or the items sent again would wait for it on top of
-        ``Retry-After`` (issue 14: retried 4-7 s apart when Retry-After said 1 s)."""
+    def on_throttle(self, retry_after: float, *, refused: int = 0, sent_at: float | None = None) -> None:
+        """A 429 with ``retry_after`` (as given), to a request sent at ``sent_at``. ``refused``: how
+        much of an already paced request's weight the service turned away (the throttled items of
+        a ``$batch``); their share of the reservation is given back, or the items sent again would
+        wait for it on top of ``Retry-After`` (issue 14: retried 4-7 s apart when Retry-After said 1 s)."""
         now = self._clock()
         self.throttled += 1
         if refused and self.rate:
@@ -229,12 +241,24 @@ class AdaptivePacer:
         self._next_slot = max(self._next_slot, self._paused_until)
         if now < self._cooldown_until:
             return  # part of a burst already accounted for
+        signal = now if sent_at is None else sent_at
+        between = self._admitted_between(self._last_signal, signal)
+        self._last_signal = signal
         answered = self._rate(self._successes, now)
         # With no measurable answer rate yet (a first burst), what was sent in the last second.
         estimate = answered if answered > 0 else float(sum(w for t, w in self._sends if t >= now - 1.0))
-        self.ceiling = max(self.min_rate, estimate)
+        self.ceiling = max(self.min_rate, between if between is not None else estimate)
         self.rate = max(self.min_rate, self.BACKOFF * self.ceiling)
         self._cooldown_until = self._paused_until + 1.0
+
+    def _admitted_between(self, first: float | None, last: float) -> float | None:
+        """Requests per second that got through between two 429 signals (sent after the first,
+        up to the last), or None when there was no earlier signal or too little time between."""
+        while self._admitted and first is not None and self._admitted[0][0] <= first:
+            self._admitted.popleft()
+        if first is None or last - first < self.MIN_SIGNAL_GAP_S:
+            return None
+        return sum(w for t, w in self._admitted if first < t <= last) / (last - first)
 
 
 @dataclass(frozen=True)
@@ -360,8 +384,7 @@ class MicrosoftTransport(httpx.AsyncBaseTransport):
         await request.aread()  # buffer the body so a retry can send it again
         while True:
             budget.start()
-            if pacer:
-                await pacer.acquire(weight)
+            sent_at = await pacer.acquire(weight) if pacer else None
             self.stats.count(name)
             started = time.monotonic()
             try:
@@ -376,13 +399,13 @@ class MicrosoftTransport(httpx.AsyncBaseTransport):
                 if pacer and status < 400 and weight == 1:
                     # A weighted request ($batch) may be partly throttled inside a 200: its
                     # sender reports the items that really got through.
-                    pacer.on_success()
+                    pacer.on_success(sent_at=sent_at)
                 return response
             delay = budget.delay(parse_retry_after(response.headers.get("Retry-After")))
             if status == 429:
                 self.stats.throttled += 1
                 if pacer:
-                    pacer.on_throttle(delay)  # Retry-After (or backoff) pauses every caller
+                    pacer.on_throttle(delay, sent_at=sent_at)  # Retry-After (or backoff) pauses every caller
             if budget.take(delay) is None:
                 return response  # the caller turns it into ThrottledError/TransientError
             await response.aread()
