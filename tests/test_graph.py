@@ -68,15 +68,22 @@ def user_body(ref: str) -> dict[str, Any]:
 
 
 def batch_answer(
-    item: Callable[[dict[str, Any]], dict[str, Any]], log: list[list[dict[str, Any]]]
+    item: Callable[[dict[str, Any]], dict[str, Any]], log: list[list[dict[str, Any]]], *, by_mail: bool = False
 ) -> Callable[[httpx.Request], httpx.Response]:
     """A $batch endpoint: answers each sub-request with ``item(sub)``, in reverse order (Graph does
-    not promise any order), and logs what each POST asked for."""
+    not promise any order), and logs what each POST asked for. A read by primary address (after a
+    404 by key) finds no one, unless ``by_mail``: then ``item`` answers it too."""
+
+    def answer(sub: dict[str, Any]) -> dict[str, Any]:
+        query = parse_qs(urlsplit(sub["url"]).query)
+        if not by_mail and urlsplit(sub["url"]).path == "/users" and query.get("$filter", [""])[0].startswith("mail eq "):
+            return {"status": 200, "body": {"value": []}}  # no one by that primary address either
+        return item(sub)
 
     def handler(request: httpx.Request) -> httpx.Response:
         requests = json.loads(request.content)["requests"]
         log.append(requests)
-        responses = [{"id": sub["id"], **item(sub)} for sub in requests]
+        responses = [{"id": sub["id"], **answer(sub)} for sub in requests]
         return httpx.Response(200, json={"responses": list(reversed(responses))})
 
     return handler
@@ -165,8 +172,10 @@ def test_user_purpose_missing_is_a_service_error() -> None:
 
 
 def test_404_not_found() -> None:
+    """Not found by key, nor by primary address: the first read's error (and request id) stands."""
     router = respx.Router()
     router.get(url__startswith=f"{V1}/users/").respond(404, json=GRAPH_NOT_FOUND)
+    by_mail = router.get(url__startswith=f"{V1}/users?").respond(200, json={"value": []})
 
     async def go() -> None:
         await Env(router).graph.get_user("nobody@contoso.com")
@@ -177,6 +186,71 @@ def test_404_not_found() -> None:
     assert "nobody@contoso.com" in err.message
     assert err.request_id == GRAPH_NOT_FOUND["error"]["innerError"]["request-id"]
     assert err.status_code == 404 and err.hint
+    asked = by_mail.calls.last.request
+    assert parse_qs(urlsplit(str(asked.url)).query)["$filter"] == [
+        "mail eq 'nobody@contoso.com' or proxyAddresses/any(x:x eq 'smtp:nobody@contoso.com')"
+    ]
+    assert asked.headers["ConsistencyLevel"] == "eventual" and "$count=true" in str(asked.url)
+
+
+def test_an_address_that_is_not_the_upn_is_found_by_its_address() -> None:
+    """Graph's /users/{key} takes an id or a UPN only: a shared mailbox whose address differs from
+    its UPN is 404 there, and found by its addresses (primary or alias)."""
+    router = respx.Router()
+    router.get(url__startswith=f"{V1}/users/").respond(404, json=GRAPH_NOT_FOUND)
+    router.get(url__startswith=f"{V1}/users?").respond(
+        200, json={"value": [{**user_body("support@contoso.onmicrosoft.com"), "mail": "support@contoso.com"}]}
+    )
+    user = run(Env(router).graph.get_user("support@contoso.com"))
+    assert user.user_principal_name == "support@contoso.onmicrosoft.com" and user.address == "support@contoso.com"
+
+
+def test_two_users_with_one_primary_address_are_never_guessed_at() -> None:
+    router = respx.Router()
+    router.get(url__startswith=f"{V1}/users/").respond(404, json=GRAPH_NOT_FOUND)
+    router.get(url__startswith=f"{V1}/users?").respond(200, json={"value": [user_body("a@x.com"), user_body("b@x.com")]})
+    with pytest.raises(ServiceError, match="2 directory users have this address"):
+        run(Env(router).graph.get_user("shared@contoso.com"))
+
+
+def test_batched_lookups_find_an_address_that_is_not_the_upn_by_address() -> None:
+    """In a batch: the 404s by key are read again together by address; found, ambiguous or not
+    found, each reference gets its own answer; a UPN found by key is not read again."""
+    router = respx.Router()
+    log: list[list[dict[str, Any]]] = []
+    upns = {"support@contoso.com": "support@contoso.onmicrosoft.com", "dup@contoso.com": None}
+
+    def item(sub: dict[str, Any]) -> dict[str, Any]:
+        parts = urlsplit(sub["url"])
+        if parts.path == "/users":
+            address = re.findall(r"'((?:[^']|'')*)'", parse_qs(parts.query)["$filter"][0])[0]
+            if address == "support@contoso.com":
+                value = [{**user_body(upns[address] or ""), "mail": address}]
+            elif address == "dup@contoso.com":
+                value = [user_body("d1@x.com"), user_body("d2@x.com")]
+            else:
+                value = []
+            return {"status": 200, "body": {"value": value}}
+        ref = ref_of(sub)
+        if ref == UPN:
+            return {"status": 200, "body": user_body(ref)}
+        return {"status": 404, "body": GRAPH_NOT_FOUND}
+
+    router.post(BATCH).side_effect = batch_answer(item, log, by_mail=True)
+    refs = [UPN, "support@contoso.com", "dup@contoso.com", "gone@contoso.com", "no-at-sign"]
+    results = run(Env(router).graph.lookup_many(refs))
+
+    assert len(log) == 2
+    assert sorted(unquote(sub["url"]).split("'")[1] for sub in log[1]) == [
+        "dup@contoso.com", "gone@contoso.com", "support@contoso.com"
+    ]  # an object id (no @) is not an address: its 404 stands
+    assert results[UPN].ok
+    found = results["support@contoso.com"]
+    assert found.ok and found.user is not None and found.user.user_principal_name == "support@contoso.onmicrosoft.com"
+    assert isinstance(results["dup@contoso.com"].error, ServiceError)
+    assert isinstance(results["gone@contoso.com"].error, NotFoundError)
+    assert results["gone@contoso.com"].error.request_id == GRAPH_NOT_FOUND["error"]["innerError"]["request-id"]
+    assert isinstance(results["no-at-sign"].error, NotFoundError)
 
 
 def purpose_error(status: int, body: dict[str, Any]) -> EsjProvisionError | None:
@@ -417,7 +491,9 @@ def test_per_item_errors_are_values() -> None:
     assert scoped.error is None and isinstance(scoped.purpose_error, AccessDeniedError)
     assert "Application Access Policy" in scoped.purpose_error.message
     assert fine.ok and fine.purpose == "user" and fine.purpose_error is None
-    assert len(log) == 1  # errors are not retried
+    # Errors are not retried; only the not-found address is read once more, by primary address.
+    assert len(log) == 2 and [unquote(sub["url"]).split("'")[1] for sub in log[1]] == ["gone@contoso.com"]
+    assert log[1][0]["headers"]["ConsistencyLevel"] == "eventual"
 
 
 def test_outer_batch_failure_is_an_error_value_for_each_ref() -> None:
@@ -597,7 +673,8 @@ def test_users_with_known_object_ids_are_read_fifteen_to_an_item() -> None:
 
     results = run(Env(router).graph.lookup_many([*ids, "alone@contoso.com"], ids=ids, background=True))
 
-    (batch,) = log  # 40 users by id: three items; one reference without an id: its own item
+    batch, by_mail = log  # 40 users by id: three items; one reference without an id: its own item
+    assert [unquote(sub["url"]).split("'")[1] for sub in by_mail] == ["alone@contoso.com"]  # 404: by mail
     filters = [sub for sub in batch if urlsplit(sub["url"]).path == "/users"]
     assert sorted(len(ids_asked(sub)) for sub in filters) == [10, 15, 15]
     assert sorted(oid for sub in filters for oid in ids_asked(sub)) == sorted(known)
@@ -620,8 +697,9 @@ def test_a_user_the_id_filter_misses_is_read_on_its_own() -> None:
 
     results = run(Env(router).graph.lookup_many(list(ids), ids=ids))
 
-    assert len(log) == 2
+    assert len(log) == 3  # by id; the two it missed by key; the one still not found by primary address
     assert [ref_of(sub) for sub in log[1]] == ["b@contoso.com", "gone@contoso.com"]
+    assert [unquote(sub["url"]).split("'")[1] for sub in log[2]] == ["gone@contoso.com"]
     assert results["a@contoso.com"].ok and results["b@contoso.com"].ok
     assert results["b@contoso.com"].user is not None and results["b@contoso.com"].user.id == "id-b"
     assert isinstance(results["gone@contoso.com"].error, NotFoundError)

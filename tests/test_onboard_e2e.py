@@ -133,6 +133,27 @@ def test_all_problems_reported_together(tenant: Sandbox, cli: Cli) -> None:
     assert "not a shared mailbox" in r.stderr and "is disabled" in r.stderr
 
 
+@pytest.mark.parametrize("given", ["support@contoso.com", "HELP@contoso.com", "support@contoso.onmicrosoft.com"])
+def test_a_mailbox_is_found_by_its_address_alias_or_upn(tenant: Sandbox, cli: Cli, given: str) -> None:
+    """Graph's /users/{key} takes an object id or a UPN only, and this tenant's UPNs are not the
+    addresses (as on many real ones): an address or an alias is found by address, one Graph round
+    trip more; the plan names the mailbox by its primary address."""
+    mark = len(tenant.calls())
+    r, data = onboard_json(cli, given, "imap", "smtp", "--dry-run")
+    assert r.exit_code == 0, r.stderr
+    assert data["mailbox"] == "support@contoso.com"
+    graph = [c for c in tenant.calls()[mark:] if c["service"] == "graph" and "batch" in c]
+    by_address = [c for c in graph if "proxyAddresses" in c["path"]]
+    # The trustee (its UPN is esj-svc@contoso.onmicrosoft.com) always; the mailbox unless given by UPN.
+    assert len(by_address) == (1 if given.endswith(".onmicrosoft.com") else 2)
+    assert all(c["status"] == 200 for c in by_address)
+
+
+def test_a_mailbox_nobody_has_as_address_is_not_found(tenant: Sandbox, cli: Cli) -> None:
+    r = cli("onboard", "nobody@contoso.com", "--trustee", TRUSTEE, "--inbound", "imap", "--outbound", "smtp")
+    assert r.exit_code == 1 and "nobody@contoso.com" in r.stderr and "not found" in r.stderr
+
+
 def test_warnings_sign_in_enabled_and_smtp_auth(tenant: Sandbox, cli: Cli) -> None:
     r, data = onboard_json(cli, "sales@contoso.com", "imap", "smtp", "--dry-run")
     assert r.exit_code == 0, r.stderr

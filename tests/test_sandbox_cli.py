@@ -122,6 +122,22 @@ def test_loopback_hosts_are_accepted(host: str, bind: str) -> None:
     assert check_loopback(host) == bind
 
 
+@pytest.mark.parametrize("bad", ["", "contoso", "a@contoso.com", "contoso.com/x", "-"])
+def test_a_upn_domain_must_be_a_domain(bad: str) -> None:
+    with pytest.raises(SandboxError, match="--upn-domain"):
+        Sandbox(upn_domain=bad)
+
+
+def test_the_upn_domain_is_kept_in_the_state_file(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    with Sandbox(state_path=state, upn_domain="contoso.com", mailboxes=1) as sb:
+        sb.reset_calls()
+    with Sandbox(state_path=state) as sb:  # a restart reads the tenant back as it was
+        upns = {r["upn"] for r in sb.state()["recipients"]}
+        assert "support@contoso.com" in upns and not any(u.endswith(".onmicrosoft.com") for u in upns)
+        assert sb.state()["tenant"]["upn_domain"] == "contoso.com"
+
+
 def test_latency_parsing_is_bounded() -> None:
     assert parse_latency("50") == (50, 50)
     assert parse_latency("20-200") == (20, 200)

@@ -45,9 +45,9 @@ def test_throttling_is_per_service_with_retry_after(make_sandbox: MakeSandbox) -
     assert r.headers["Retry-After"].isdigit() and int(r.headers["Retry-After"]) >= 1
     assert r.json()["error"]["code"] == "TooManyRequests"
     assert "@adminapi.warnings" in r.json()
-    g = c.graph("/v1.0/users/support@contoso.com", token=graph)  # Graph has its own bucket
+    g = c.graph("/v1.0/users/support@contoso.onmicrosoft.com", token=graph)  # Graph has its own bucket
     assert g.status_code == 200
-    g = c.graph("/v1.0/users/support@contoso.com", token=graph)
+    g = c.graph("/v1.0/users/support@contoso.onmicrosoft.com", token=graph)
     assert g.status_code == 429 and g.json()["error"]["code"] == "TooManyRequests"
     assert g.json()["error"]["innerError"]["request-id"] == g.headers["request-id"]
     assert [x["fault"] for x in sb.calls() if x["status"] == 429] == ["throttled", "throttled"]
@@ -91,7 +91,7 @@ def test_queued_429_and_entra_faults(make_sandbox: MakeSandbox) -> None:
     r = c.token_request({"grant_type": "client_credentials", "scope": "https://graph.microsoft.com/.default",
                          **sb.apps["provisioning"]})
     assert r.status_code == 503 and r.json()["error"] == "temporarily_unavailable"
-    assert c.graph("/v1.0/users/support@contoso.com").status_code == 200  # path does not match
+    assert c.graph("/v1.0/users/support@contoso.onmicrosoft.com").status_code == 200  # path does not match
     for _ in range(2):
         r = c.graph("/v1.0/users/support@contoso.com/mailboxSettings/userPurpose")
         assert (r.status_code, r.headers["Retry-After"]) == (429, "3")
@@ -105,7 +105,7 @@ def test_random_faults_follow_the_seed() -> None:
             token = c.token("graph")  # Entra is exempt from random faults
             for _ in range(8):
                 with contextlib.suppress(httpx.TransportError):  # the reset faults
-                    c.graph("/v1.0/users/support@contoso.com", token=token)
+                    c.graph("/v1.0/users/support@contoso.onmicrosoft.com", token=token)
             c.close()
             return [x["fault"] for x in sb.calls(service="graph")]
 
@@ -119,7 +119,7 @@ def test_latency_range_is_added(make_sandbox: MakeSandbox) -> None:
     _, c = make_sandbox(latency_ms="60-80")
     token = c.token("graph")
     started = time.monotonic()
-    c.graph("/v1.0/users/support@contoso.com", token=token)
+    c.graph("/v1.0/users/support@contoso.onmicrosoft.com", token=token)
     assert time.monotonic() - started >= 0.06
 
 

@@ -19,12 +19,12 @@ MakeSandbox = Callable[..., tuple[Sandbox, SandboxClient]]
 @pytest.mark.parametrize(
     "path",
     [
-        "/v1.0/users/support@contoso.com",
+        "/v1.0/users/support@contoso.onmicrosoft.com",
         "/v1.0/users/support@contoso.onmicrosoft.com",
         f"/v1.0/users/{SUPPORT_ID}",
-        "/v1.0/users('support%40contoso.com')",
-        "/v1.0/users(%27support@contoso.com%27)",
-        "/v1.0//users/SUPPORT@contoso.com",  # msgraph-sdk's doubled slash, and case-insensitive keys
+        "/v1.0/users('support%40contoso.onmicrosoft.com')",
+        "/v1.0/users(%27support@contoso.onmicrosoft.com%27)",
+        "/v1.0//users/SUPPORT@contoso.onmicrosoft.com",  # msgraph-sdk's doubled slash, and case-insensitive keys
     ],
 )
 def test_user_by_any_key_with_select(sandbox_client: SandboxClient, path: str) -> None:
@@ -39,14 +39,14 @@ def test_user_by_any_key_with_select(sandbox_client: SandboxClient, path: str) -
 
 
 def test_user_without_select_has_graphs_default_properties(sandbox_client: SandboxClient) -> None:
-    body = sandbox_client.graph("/v1.0/users/sales@contoso.com").json()
+    body = sandbox_client.graph("/v1.0/users/sales@contoso.onmicrosoft.com").json()
     assert body["mail"] == "sales@contoso.com" and body["id"]
     assert "accountEnabled" not in body  # as in Graph: only with $select
-    assert sandbox_client.graph(f"/v1.0/users/sales@contoso.com?{SELECT}").json()["accountEnabled"] is True
+    assert sandbox_client.graph(f"/v1.0/users/sales@contoso.onmicrosoft.com?{SELECT}").json()["accountEnabled"] is True
 
 
 def test_select_of_an_unknown_property_is_400(sandbox_client: SandboxClient) -> None:
-    r = sandbox_client.graph("/v1.0/users/support@contoso.com?$select=id,shoeSize")
+    r = sandbox_client.graph("/v1.0/users/support@contoso.onmicrosoft.com?$select=id,shoeSize")
     assert r.status_code == 400 and r.json()["error"]["code"] == "BadRequest"
 
 
@@ -67,7 +67,7 @@ def test_user_purpose_string_and_object_forms(sandbox_client: SandboxClient, who
 
 
 def test_unknown_user_is_request_resource_not_found_with_ids(sandbox_client: SandboxClient) -> None:
-    r = sandbox_client.graph("/v1.0/users/nobody@contoso.com", headers={"client-request-id": "abc-123"})
+    r = sandbox_client.graph("/v1.0/users/nobody@contoso.onmicrosoft.com", headers={"client-request-id": "abc-123"})
     assert r.status_code == 404
     err = r.json()["error"]
     assert err["code"] == "Request_ResourceNotFound"
@@ -79,7 +79,7 @@ def test_unknown_user_is_request_resource_not_found_with_ids(sandbox_client: San
 
 
 def test_mailbox_without_rest_access(sandbox_client: SandboxClient) -> None:
-    assert sandbox_client.graph("/v1.0/users/legacy@contoso.com").status_code == 200  # the user exists
+    assert sandbox_client.graph("/v1.0/users/legacy@contoso.onmicrosoft.com").status_code == 200  # the user exists
     for path in ("/mailboxSettings/userPurpose", "/mailboxSettings"):
         r = sandbox_client.graph(f"/v1.0/users/legacy@contoso.com{path}")
         assert r.status_code == 404
@@ -88,12 +88,12 @@ def test_mailbox_without_rest_access(sandbox_client: SandboxClient) -> None:
 
 def test_403_without_the_graph_permissions(sandbox_client: SandboxClient) -> None:
     no_graph = sandbox_client.token("graph", app="no_exchange_role")  # holds no Graph role at all
-    r = sandbox_client.graph("/v1.0/users/support@contoso.com", token=no_graph)
+    r = sandbox_client.graph("/v1.0/users/support@contoso.onmicrosoft.com", token=no_graph)
     assert r.status_code == 403
     assert r.json()["error"]["code"] == "Authorization_RequestDenied"
     assert r.json()["error"]["message"] == "Insufficient privileges to complete the operation."
     users_only = sandbox_client.token("graph", app="no_directory_role")  # User.Read.All, no MailboxSettings.Read
-    assert sandbox_client.graph("/v1.0/users/support@contoso.com", token=users_only).status_code == 200
+    assert sandbox_client.graph("/v1.0/users/support@contoso.onmicrosoft.com", token=users_only).status_code == 200
     r = sandbox_client.graph("/v1.0/users/support@contoso.com/mailboxSettings/userPurpose", token=users_only)
     assert r.status_code == 403 and r.json()["error"]["code"] == "ErrorAccessDenied"
     r = sandbox_client.graph("/v1.0/servicePrincipals", token=users_only)
@@ -104,7 +104,7 @@ def test_403_without_the_graph_permissions(sandbox_client: SandboxClient) -> Non
 def test_401_invalid_authentication_token(sandbox_client: SandboxClient, token: str) -> None:
     value = sandbox_client.token("exchange") if token == "exchange" else token
     headers = {"Authorization": f"Bearer {value}"} if value else {}
-    r = sandbox_client.http.get(f"{sandbox_client.sb.graph_url}/v1.0/users/support@contoso.com", headers=headers)
+    r = sandbox_client.http.get(f"{sandbox_client.sb.graph_url}/v1.0/users/support@contoso.onmicrosoft.com", headers=headers)
     assert r.status_code == 401
     assert r.json()["error"]["code"] == "InvalidAuthenticationToken"
     assert "WWW-Authenticate" in r.headers
@@ -114,13 +114,13 @@ def test_401_for_an_expired_token(make_sandbox: MakeSandbox) -> None:
     sb, c = make_sandbox(token_lifetime=1)
     token = c.token("graph")
     time.sleep(1.05)
-    r = c.graph("/v1.0/users/support@contoso.com", token=token)
+    r = c.graph("/v1.0/users/support@contoso.onmicrosoft.com", token=token)
     assert r.status_code == 401
     assert r.json()["error"]["message"] == "Lifetime validation failed, the token is expired."
     fresh = c.token("graph", fresh=True)
-    assert c.graph("/v1.0/users/support@contoso.com", token=fresh).status_code == 200
+    assert c.graph("/v1.0/users/support@contoso.onmicrosoft.com", token=fresh).status_code == 200
     sb.mutate("expire-tokens")  # and the same without waiting
-    assert c.graph("/v1.0/users/support@contoso.com", token=fresh).status_code == 401
+    assert c.graph("/v1.0/users/support@contoso.onmicrosoft.com", token=fresh).status_code == 401
 
 
 def test_service_principals_return_the_enterprise_app_object_id(sandbox_client: SandboxClient) -> None:
@@ -177,7 +177,7 @@ def test_users_filtered_by_id_in_a_list_of_at_most_fifteen(make_sandbox: MakeSan
     with the 400 a Graph docs issue quotes (microsoft-graph-docs #21098)."""
     _, c = make_sandbox(mailboxes=20)
     ids = {
-        c.graph(f"/v1.0/users/queue{n:04d}@contoso.com?$select=id").json()["id"]: f"queue{n:04d}@contoso.com"
+        c.graph(f"/v1.0/users/queue{n:04d}@contoso.onmicrosoft.com?$select=id").json()["id"]: f"queue{n:04d}@contoso.com"
         for n in range(1, 17)
     }
     listed = ",".join(f"'{i}'" for i in list(ids)[:15])
@@ -192,6 +192,34 @@ def test_users_filtered_by_id_in_a_list_of_at_most_fifteen(make_sandbox: MakeSan
     assert r.status_code == 200 and r.json()["value"] == []
 
 
+def test_a_directory_read_takes_an_id_or_a_upn_not_an_address(make_sandbox: MakeSandbox) -> None:
+    """``GET /users/{id | userPrincipalName}``: an address that is not the UPN is 404 there (as on
+    Graph), found by ``$filter=mail eq``; Outlook resources (mailboxSettings) take the address."""
+    _, c = make_sandbox()
+    r = c.graph("/v1.0/users/support@contoso.com?$select=id,userPrincipalName")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "Request_ResourceNotFound"
+    by_upn = c.graph("/v1.0/users/SUPPORT@contoso.onmicrosoft.com?$select=id,userPrincipalName").json()
+    assert by_upn["userPrincipalName"] == "support@contoso.onmicrosoft.com"
+    assert c.graph(f"/v1.0/users/{by_upn['id']}?$select=id").status_code == 200
+    found = c.graph("/v1.0/users?$filter=mail eq 'support@contoso.com'&$select=id").json()["value"]
+    assert [u["id"] for u in found] == [by_upn["id"]]
+    assert c.graph("/v1.0/users?$filter=mail eq 'help@contoso.com'").json()["value"] == []  # an alias is not mail
+    by_alias = c.graph(
+        "/v1.0/users?$filter=mail eq 'help@contoso.com' or proxyAddresses/any(x:x eq 'smtp:HELP@contoso.com')"
+        "&$count=true&$select=id"
+    ).json()
+    assert [u["id"] for u in by_alias["value"]] == [by_upn["id"]] and by_alias["@odata.count"] == 1
+    assert c.graph("/v1.0/users/support@contoso.com/mailboxSettings/userPurpose").json()["value"] == "shared"
+
+
+def test_a_tenant_whose_upns_are_the_addresses(make_sandbox: MakeSandbox) -> None:
+    """``upn_domain``: UPN = primary address (most tenants); the directory read by address works."""
+    _, c = make_sandbox(mailboxes=2, upn_domain="contoso.com")
+    for address in ("support@contoso.com", "esj-svc@contoso.com", "queue0002@contoso.com"):
+        user = c.graph(f"/v1.0/users/{address}?$select=userPrincipalName,mail").json()
+        assert user["userPrincipalName"] == user["mail"] == address
+
+
 # --- $batch -----------------------------------------------------------------------------------
 
 
@@ -201,9 +229,9 @@ def _batch(c: SandboxClient, requests: list[dict[str, Any]]) -> Any:
 
 def test_batch_answers_each_item_by_id(sandbox_client: SandboxClient) -> None:
     reqs = [
-        {"id": "1", "method": "GET", "url": f"/users/support@contoso.com?{SELECT}"},
+        {"id": "1", "method": "GET", "url": f"/users/support@contoso.onmicrosoft.com?{SELECT}"},
         {"id": "2", "method": "GET", "url": "/users/support@contoso.com/mailboxSettings/userPurpose"},
-        {"id": "3", "method": "GET", "url": "/users/nobody@contoso.com"},
+        {"id": "3", "method": "GET", "url": "/users/nobody@contoso.onmicrosoft.com"},
         {"id": "4", "method": "GET", "url": "/users/legacy@contoso.com/mailboxSettings/userPurpose"},
         {"id": "5", "method": "GET", "url": "users('room1@contoso.com')/mailboxSettings/userPurpose"},
     ]
@@ -219,7 +247,7 @@ def test_batch_answers_each_item_by_id(sandbox_client: SandboxClient) -> None:
 
 
 def test_batch_limits_and_malformed_batches(sandbox_client: SandboxClient) -> None:
-    item = {"method": "GET", "url": "/users/support@contoso.com"}
+    item = {"method": "GET", "url": "/users/support@contoso.onmicrosoft.com"}
     assert _batch(sandbox_client, [{"id": str(i), **item} for i in range(21)]).status_code == 400
     assert _batch(sandbox_client, [{"id": str(i), **item} for i in range(20)]).status_code == 200
     dup = _batch(sandbox_client, [{"id": "1", **item}, {"id": "1", **item}])
@@ -233,8 +261,8 @@ def test_batch_limits_and_malformed_batches(sandbox_client: SandboxClient) -> No
 
 def test_batch_depends_on_gives_424_after_a_failure(sandbox_client: SandboxClient) -> None:
     r = _batch(sandbox_client, [
-        {"id": "b", "method": "GET", "url": "/users/adele@contoso.com", "dependsOn": ["a"]},
-        {"id": "a", "method": "GET", "url": "/users/nobody@contoso.com"},
+        {"id": "b", "method": "GET", "url": "/users/adele@contoso.onmicrosoft.com", "dependsOn": ["a"]},
+        {"id": "a", "method": "GET", "url": "/users/nobody@contoso.onmicrosoft.com"},
     ])
     by_id = {x["id"]: x["status"] for x in r.json()["responses"]}
     assert by_id == {"a": 404, "b": 424}
@@ -259,6 +287,6 @@ def test_batch_items_are_throttled_one_by_one(make_sandbox: MakeSandbox) -> None
 
 def test_batch_items_use_the_outer_version(sandbox_client: SandboxClient) -> None:
     r = sandbox_client.graph("/beta/$batch", method="POST", json={"requests": [
-        {"id": "1", "method": "GET", "url": "/users/support@contoso.com"}]})
+        {"id": "1", "method": "GET", "url": "/users/support@contoso.onmicrosoft.com"}]})
     (item,) = r.json()["responses"]
     assert item["status"] == 200 and "/beta/$metadata" in item["body"]["@odata.context"]

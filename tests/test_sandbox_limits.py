@@ -43,7 +43,7 @@ def test_a_fifth_outlook_request_in_flight_is_throttled(make_sandbox: MakeSandbo
             assert r.json()["error"]["message"] == "Application is over its MailboxConcurrency limit."
             assert int(r.headers["Retry-After"]) >= 1
     # Directory reads are not Outlook resources: never counted.
-    users = asyncio.run(_concurrent_gets(sb, token, [f"/v1.0/users/queue{i:04d}@contoso.com" for i in range(1, 7)]))
+    users = asyncio.run(_concurrent_gets(sb, token, [f"/v1.0/users/queue{i:04d}@contoso.onmicrosoft.com" for i in range(1, 7)]))
     assert {r.status_code for r in users} == {200}
     assert sum(1 for x in sb.calls(service="graph") if x["fault"] == "outlook-concurrency") == 2
 
@@ -80,7 +80,7 @@ def _batch(n: int, slots: int | None, extra: list[dict[str, Any]] | None = None)
 
 def test_batch_items_beyond_the_free_slots_of_each_wave_come_back_429_one_by_one() -> None:
     """Other requests of the app hold one slot: each wave of four admits three."""
-    out = _batch(16, 3, extra=[{"id": "user", "method": "GET", "url": "/users/support@contoso.com"}])
+    out = _batch(16, 3, extra=[{"id": "user", "method": "GET", "url": "/users/support@contoso.onmicrosoft.com"}])
     throttled = [x for x in out if x["status"] == 429]
     assert len(throttled) == 4  # one per wave of four
     for x in throttled:
@@ -114,7 +114,7 @@ def test_outlook_limit_counts_per_app() -> None:
 def test_each_service_has_its_own_rate(make_sandbox: MakeSandbox) -> None:
     _, c = make_sandbox(graph_rps=1, exchange_rps=100)
     token = c.token("graph")
-    graph = [c.graph("/v1.0/users/support@contoso.com", token=token).status_code for _ in range(3)]
+    graph = [c.graph("/v1.0/users/support@contoso.onmicrosoft.com", token=token).status_code for _ in range(3)]
     assert graph[0] == 200 and 429 in graph[1:]
     exo = [c.invoke("Get-TransportConfig", {}).status_code for _ in range(5)]
     assert exo == [200] * 5

@@ -45,7 +45,7 @@ def test_recipient_permission_row(sandbox_client: SandboxClient) -> None:
 
 
 def test_graph_user_and_user_purpose_forms(sandbox_client: SandboxClient) -> None:
-    user = sandbox_client.graph("/v1.0/users/support@contoso.com?$select=id,userPrincipalName,mail,displayName,accountEnabled")
+    user = sandbox_client.graph("/v1.0/users/support@contoso.onmicrosoft.com?$select=id,userPrincipalName,mail,displayName,accountEnabled")
     fits(user.json(), ms.GRAPH_USER)
     assert {k: v for k, v in user.json().items() if k != "@odata.context"} == {
         k: v for k, v in ms.GRAPH_USER.items() if k != "@odata.context"
@@ -57,7 +57,7 @@ def test_graph_user_and_user_purpose_forms(sandbox_client: SandboxClient) -> Non
 @pytest.mark.parametrize(
     ("path", "app", "example"),
     [
-        ("/v1.0/users/nobody@contoso.com", "provisioning", ms.GRAPH_NOT_FOUND),
+        ("/v1.0/users/nobody@contoso.onmicrosoft.com", "provisioning", ms.GRAPH_NOT_FOUND),
         ("/v1.0/users/legacy@contoso.com/mailboxSettings/userPurpose", "provisioning", ms.GRAPH_REST_DISABLED),
         ("/v1.0/users/support@contoso.com/mailboxSettings/userPurpose", "no_directory_role", ms.GRAPH_ACCESS_DENIED),
     ],
@@ -71,8 +71,8 @@ def test_graph_errors(sandbox_client: SandboxClient, path: str, app: str, exampl
 def test_batch_response(make_sandbox: Any) -> None:
     _, c = make_sandbox(throttle_rps=1)
     r = c.graph("/v1.0/$batch", method="POST", json={"requests": [
-        {"id": "1", "method": "GET", "url": "/users/support@contoso.com?$select=id,userPrincipalName,mail,displayName,accountEnabled"},
-        {"id": "2", "method": "GET", "url": "/users/sales@contoso.com"},
+        {"id": "1", "method": "GET", "url": "/users/support@contoso.onmicrosoft.com?$select=id,userPrincipalName,mail,displayName,accountEnabled"},
+        {"id": "2", "method": "GET", "url": "/users/sales@contoso.onmicrosoft.com"},
     ]})
     responses = sorted(r.json()["responses"], key=lambda x: x["id"])
     fits({"responses": responses}, ms.GRAPH_BATCH_RESPONSE)

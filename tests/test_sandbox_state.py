@@ -64,7 +64,7 @@ def test_drift_mutations_show_in_graph_and_exchange(make_sandbox: MakeSandbox) -
     assert c.graph("/v1.0/users/support@contoso.com/mailboxSettings/userPurpose").json()["value"] == "user"
     # set-account-enabled
     sb.mutate("set-account-enabled", user="billing@contoso.com", enabled=True)
-    assert c.graph("/v1.0/users/billing@contoso.com?$select=accountEnabled").json()["accountEnabled"] is True
+    assert c.graph("/v1.0/users/billing@contoso.onmicrosoft.com?$select=accountEnabled").json()["accountEnabled"] is True
     assert c.invoke("Get-Mailbox", {"Identity": "billing"}).json()["value"][0]["AccountDisabled"] is False
     # set-smtp-auth, per mailbox and for the organisation
     sb.mutate("set-smtp-auth", mailbox="support@contoso.com", disabled=None)

@@ -19,6 +19,7 @@ from esj_provision.fleet.manifest import ManifestRow
 from esj_provision.fleet.unlisted import Listing, discover, resolve_trustees
 from esj_provision.microsoft.exchange import parse_permission_row, parse_recipient_permission_row
 from esj_provision.microsoft.graph import LookupResult
+from esj_provision.microsoft.session import Session
 from esj_provision.models import DirectoryUser, ExchangeMailbox, Inbound, Outbound, SendAsGrant, UserTrustee
 
 SVC = DirectoryUser("6ef40935-0000-0000-0000-000000000001", "esj-svc@contoso.onmicrosoft.com",
@@ -119,7 +120,14 @@ class FakeGraph:
 
 
 class FakeSession:
+    """The session's once-a-run reads over a fake Exchange and Graph."""
+
+    _once = Session._once
+    mailbox_listing = Session.mailbox_listing
+    send_as_listing = Session.send_as_listing
+
     def __init__(self, **kw: Any) -> None:
+        self._reads: dict[tuple[str, ...], Any] = {}
         self.exchange = FakeExchange(**kw)
         self.graph = FakeGraph({"esj-svc@contoso.com": SVC, "esj-svc@contoso.onmicrosoft.com": SVC})
         self.app_cache: dict[str, Any] = {}

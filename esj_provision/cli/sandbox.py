@@ -171,6 +171,11 @@ def sandbox(
     page_size: int = typer.Option(1000, "--page-size", help="InvokeCommand rows per page before @odata.nextLink."),
     token_lifetime: int = typer.Option(3599, "--token-lifetime", help="Access-token lifetime in seconds."),
     mailboxes: int = typer.Option(0, "--mailboxes", help="Add N generated shared mailboxes queue0001@..."),
+    upn_domain: str | None = typer.Option(
+        None, "--upn-domain",
+        help="The accounts' sign-in names (UPNs) in this domain; contoso.com makes each UPN its address. "
+        "Default: contoso.onmicrosoft.com, so no UPN is an address (Graph finds users by address then).",
+    ),
     client_secret_file: Path | None = typer.Option(
         None,
         "--client-secret-file",
@@ -202,7 +207,7 @@ def sandbox(
         host=host, port=port, dir=dir, state_path=state, page_size=page_size, throttle_rps=throttle_rps,
         graph_rps=graph_rps, exchange_rps=exchange_rps, outlook_concurrency=outlook_concurrency,
         fault_rate=fault_rate, seed=seed, latency_ms=latency_ms,  # type: ignore[arg-type]
-        token_lifetime=token_lifetime, mailboxes=mailboxes, client_secret=secret,
+        token_lifetime=token_lifetime, mailboxes=mailboxes, upn_domain=upn_domain, client_secret=secret,
         pfx_password=pfx_password, max_runtime=max_runtime,
         imap_port=imap_port, smtp_port=smtp_port, propagation_s=propagation_s, verbose=verbose,
     ))

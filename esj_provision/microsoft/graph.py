@@ -230,6 +230,50 @@ def _odata_literal(ref: str) -> str:
     return quote(ref.replace("'", "''"), safe="@$!*,;:+=")
 
 
+# Graph's /users/{key} takes an object id or a UPN only (GET /users/{id | userPrincipalName}): a
+# mailbox given by an address that is not its UPN (often a shared mailbox's, always an alias) is
+# found by this filter, the form Microsoft's B2B invitation docs use, sent as an advanced query
+# (ConsistencyLevel: eventual and $count) because a lambda on proxyAddresses may need one (🔶).
+ADVANCED_QUERY_HEADERS = {"ConsistencyLevel": "eventual"}
+
+
+def _by_address_url(ref: str) -> str:
+    literal = ref.replace("'", "''")
+    clause = f"mail eq '{literal}' or proxyAddresses/any(x:x eq 'smtp:{literal}')"
+    return f"/users?$filter={quote(clause, safe='')}&$count=true&$select={','.join(USER_SELECT)}"
+
+
+def _one_by_address(body: Any, ref: str) -> DirectoryUser | EsjProvisionError | None:
+    """The one user a by-address page holds; None when there is none (the read by key's
+    not-found stands); two are an ambiguity, never guessed at."""
+    found = [parse_user(v) for v in (body.get("value") or [] if isinstance(body, dict) else []) if isinstance(v, dict)]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        return None
+    return ServiceError(
+        f"{ref}: {len(found)} directory users have this address",
+        hint="give the mailbox's or account's UPN or object id instead",
+    )
+
+
+def _record_by_address(
+    outcome: _Outcome, ref: str, users: dict[str, DirectoryUser], errors: dict[tuple[str, str], EsjProvisionError]
+) -> list[tuple[str, str]]:
+    key, status, body = outcome.item.key, outcome.status, outcome.body
+    if not (200 <= status < 300 and isinstance(body, dict)):
+        code, message, rid = _error_fields(body)
+        errors[(key, "user")] = graph_error(status, code, message, rid, op="user", ref=ref)
+        return []
+    user = _one_by_address(body, ref)
+    if isinstance(user, EsjProvisionError):
+        errors[(key, "user")] = user
+    elif user is not None:
+        users[key] = user
+        errors.pop((key, "user"), None)  # the read by key's not-found, recorded before this read
+    return []
+
+
 # --------------------------------------------------------------------------------------------
 # The client
 # --------------------------------------------------------------------------------------------
@@ -238,7 +282,9 @@ def _odata_literal(ref: str) -> str:
 @dataclass(frozen=True)
 class _Item:
     key: str  # the casefolded reference (an "ids" item: its first member's)
-    kind: str  # "user", "purpose", or "ids" (up to ID_FILTER_LIMIT users read by object id)
+    # "user", "purpose", "ids" (up to ID_FILTER_LIMIT users read by object id), or "address" (a user
+    # read by any of its SMTP addresses after /users/{address} found no one: it is not the UPN)
+    kind: str
     url: str  # relative to /v1.0
     members: tuple[tuple[str, str], ...] = ()  # "ids": (casefolded reference, object id) each
 
@@ -246,7 +292,7 @@ class _Item:
         """The (reference key, kind) pairs this item's outcome settles."""
         if self.kind == "ids":
             return [(key, "user") for key, _ in self.members]
-        return [(self.key, self.kind)]
+        return [(self.key, "user" if self.kind == "address" else self.kind)]
 
 
 @dataclass(frozen=True)
@@ -389,8 +435,22 @@ class GraphClient:
     # -- single reads -------------------------------------------------------------------------
 
     async def get_user(self, ref: str) -> DirectoryUser:
-        """A user by UPN, address or object id. Raises NotFoundError, AccessDeniedError, ..."""
-        return parse_user(await self._send(self.user_request(ref), op="user", ref=ref))
+        """A user by UPN, object id or any SMTP address: Graph's ``/users/{key}`` takes only the
+        first two, so an address it does not find is looked up by address. Raises NotFoundError,
+        AccessDeniedError, ..."""
+        try:
+            return parse_user(await self._send(self.user_request(ref), op="user", ref=ref))
+        except NotFoundError as exc:
+            if "@" not in ref:
+                raise
+            not_found = exc
+        page = await self.get_json(_by_address_url(ref), op="user", ref=ref, headers=ADVANCED_QUERY_HEADERS)
+        user = _one_by_address(page, ref)
+        if isinstance(user, EsjProvisionError):
+            raise user
+        if user is None:
+            raise not_found
+        return user
 
     async def get_service_principal(self, app_id: str) -> ServicePrincipal | None:
         """The enterprise application (service principal) of an app id in this tenant, or None."""
@@ -448,7 +508,7 @@ class GraphClient:
             budget.start()
             outcomes = await self._run_batches(pending, background)
             retry: list[_Item] = []
-            again: list[_Item] = []  # references an "ids" item did not settle: read one by one
+            again: list[_Item] = []  # references an item did not settle: read another way
             waits: list[float] = []
             answered = sum(1 for o in outcomes if o.status < 400 or o.status in {403, 404})
             if pacer is not None and answered:
@@ -458,8 +518,9 @@ class GraphClient:
                     retry.append(o.item)
                     waits.append(budget.delay(parse_retry_after(_header(o.headers, "retry-after"))))
                     continue
-                unsettled = self._record(o, first, users, purposes, errors)
-                again += [self._user_item(key, first[key]) for key in unsettled]
+                again += [
+                    self._follow_up(key, kind, first[key]) for key, kind in self._record(o, first, users, purposes, errors)
+                ]
             if retry:
                 throttled = sum(1 for o in outcomes if o.status == 429 and o.item in retry)
                 delay = budget.take(max(waits))
@@ -492,6 +553,13 @@ class GraphClient:
     def _user_item(self, key: str, ref: str) -> _Item:
         return _Item(key, "user", self.relative_url(self.user_request(ref)))
 
+    def _follow_up(self, key: str, kind: str, ref: str) -> _Item:
+        """The next read of a reference an item left unsettled: by its key ("user") or, after a
+        404 on an address, by its SMTP addresses ("address")."""
+        if kind == "address":
+            return _Item(key, "address", _by_address_url(ref))
+        return self._user_item(key, ref)
+
     def _items(self, first: dict[str, str], with_purpose: bool, known: Mapping[str, str]) -> list[_Item]:
         """The batch items: users by object id where it is known (ID_FILTER_LIMIT to an item),
         each other reference's user, and with_purpose each one's userPurpose."""
@@ -517,9 +585,10 @@ class GraphClient:
         users: dict[str, DirectoryUser],
         purposes: dict[str, str],
         errors: dict[tuple[str, str], EsjProvisionError],
-    ) -> list[str]:
-        """Record an item's outcome; the reference keys it left unsettled (an "ids" item's users
-        it did not return, or all of them when it failed), to be read one by one."""
+    ) -> list[tuple[str, str]]:
+        """Record an item's outcome; the references it left unsettled, each with how to read it
+        next: an "ids" item's users it did not return (or all, when it failed) one by one; an
+        address ``/users/{key}`` did not find (Graph takes only an id or a UPN there) by ``mail``."""
         item, status, body = outcome.item, outcome.status, outcome.body
         if item.kind == "ids":
             if status in RETRYABLE_STATUS or outcome.final:
@@ -529,7 +598,7 @@ class GraphClient:
                     errors[(key, "user")] = graph_error(status, code, message, rid, op="user", ref=first[key])
                 return []
             if not (200 <= status < 300 and isinstance(body, dict)):
-                return [key for key, _ in item.members]  # the filter refused: each user read alone says why
+                return [(key, "user") for key, _ in item.members]  # the filter refused: each read alone says why
             found = {
                 str(v.get("id") or "").casefold(): v for v in body.get("value") or [] if isinstance(v, dict)
             }
@@ -537,11 +606,13 @@ class GraphClient:
             for key, oid in item.members:
                 data = found.get(oid.casefold())
                 if data is None:
-                    unsettled.append(key)
+                    unsettled.append((key, "user"))
                 else:
                     users[key] = parse_user(data)
             return unsettled
         ref = first[item.key]
+        if item.kind == "address":
+            return _record_by_address(outcome, ref, users, errors)
         if 200 <= status < 300 and isinstance(body, dict):
             if item.kind == "user":
                 users[item.key] = parse_user(body)
@@ -557,6 +628,8 @@ class GraphClient:
             return []
         code, message, rid = _error_fields(body)
         errors[(item.key, item.kind)] = graph_error(status, code, message, rid, op=item.kind, ref=ref)
+        if item.kind == "user" and status == 404 and "@" in ref:
+            return [(item.key, "address")]  # it stands unless the read by address finds the user
         return []
 
     async def _run_batches(self, items: list[_Item], background: bool = False) -> list[_Outcome]:
@@ -577,8 +650,11 @@ class GraphClient:
         """One $batch POST and an outcome for every item; an outer failure (already retried by the
         transport) becomes a final outcome with that status for each of its items."""
         priority = {PRIORITY_HEADER: "low"} if background else {}
+        def headers(item: _Item) -> dict[str, str]:
+            return {**priority, **(ADVANCED_QUERY_HEADERS if item.kind == "address" else {})}
+
         requests = [
-            {"id": str(n), "method": "GET", "url": item.url, **({"headers": priority} if priority else {})}
+            {"id": str(n), "method": "GET", "url": item.url, **({"headers": h} if (h := headers(item)) else {})}
             for n, item in enumerate(chunk, 1)
         ]
         response = await self._http.graph_client.post(
@@ -614,11 +690,13 @@ class GraphClient:
 
     # -- plain JSON reads (no SDK model for these, or none worth its parsing cost) -----------------
 
-    async def get_json(self, path: str, *, op: str, ref: str) -> dict[str, Any]:
+    async def get_json(
+        self, path: str, *, op: str, ref: str, headers: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
         """One Graph GET (``path`` relative to /v1.0 and already encoded, or an absolute nextLink),
         as JSON; errors mapped by :func:`graph_error`."""
         url = path if path.startswith(("https://", "http://")) else f"{self.base_url}{path}"
-        response = await self._http.graph_client.get(url, headers={"Accept": "application/json"})
+        response = await self._http.graph_client.get(url, headers={"Accept": "application/json", **(headers or {})})
         try:
             payload = response.json() if response.content else {}
         except ValueError:

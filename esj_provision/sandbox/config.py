@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,6 +124,7 @@ class SandboxConfig:
     latency_ms: tuple[int, int] = (0, 0)
     token_lifetime: int = 3599
     mailboxes: int = 0
+    upn_domain: str | None = None  # None: the initial domain (UPN differs from the address)
     client_secret: str | None = None  # None: random per start
     pfx_password: str | None = None  # None: random per start
     max_runtime: float | None = None
@@ -164,5 +166,7 @@ class SandboxConfig:
             raise SandboxError(f"--mailboxes must be 0..{MAX_GENERATED_MAILBOXES}")
         if self.max_runtime is not None and self.max_runtime <= 0:
             raise SandboxError("--max-runtime must be positive")
+        if self.upn_domain is not None and not re.fullmatch(r"(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,}", self.upn_domain):
+            raise SandboxError(f"--upn-domain {self.upn_domain!r}: give a domain such as contoso.com")
         self.latency_ms = parse_latency(self.latency_ms)
         return self

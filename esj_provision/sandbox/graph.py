@@ -226,6 +226,30 @@ def _assignments_json(t: Tenant, sp_id: str) -> list[dict[str, Any]]:
 _FILTER = re.compile(r"^\s*(\w+)\s+eq\s+'((?:[^']|'')*)'\s*$", re.IGNORECASE)
 _FILTER_IN = re.compile(r"^\s*(\w+)\s+in\s+\(\s*((?:'(?:[^']|'')*'\s*,?\s*)+)\)\s*$", re.IGNORECASE)
 _LITERAL = re.compile(r"'((?:[^']|'')*)'")
+# `mail eq 'a' or proxyAddresses/any(x:x eq 'smtp:a')`: a user by any of its SMTP addresses (the
+# form of Microsoft's B2B invitation docs; 🔶 whether Graph needs advanced query parameters for it,
+# and ❓ whether it compares the `smtp:` prefix ignoring case: here it does, as for other strings).
+_LITERAL_RE = r"'((?:[^']|'')*)'"
+_ADDRESS_CLAUSE = re.compile(
+    rf"\s*(?:(mail|userPrincipalName)\s+eq\s+{_LITERAL_RE}|proxyAddresses/any\((\w+):\s*\3\s+eq\s+{_LITERAL_RE}\))\s*",
+    re.IGNORECASE,
+)
+
+
+def _address_filter(raw: str) -> list[tuple[str, str]] | None:
+    """The (property, value) clauses of an address filter joined by ``or``; None if not one."""
+    clauses: list[tuple[str, str]] = []
+    for part in re.split(r"\s+or\s+", raw, flags=re.IGNORECASE):
+        m = _ADDRESS_CLAUSE.fullmatch(part)
+        if m is None:
+            return None
+        if m.group(1):
+            clauses.append((m.group(1).lower(), m.group(2).replace("''", "'")))
+        else:
+            clauses.append(("proxyaddresses", m.group(4).replace("''", "'")))
+    return clauses if len(clauses) > 1 or clauses[0][0] == "proxyaddresses" else None
+
+
 # Values an `in` filter takes without advanced query parameters (filter-query-parameter docs: "15
 # items by default"). The 400's text is the one a Graph docs issue quotes (#21098), not Microsoft's page.
 IN_LIMIT = 15
@@ -318,9 +342,13 @@ def _route(ctx: Ctx, method: str, segs: list[str], query: dict[str, str]) -> Res
     raise _segment_error(segs[1])
 
 
-def _find_user(ctx: Ctx, key: str) -> Recipient:
+def _find_user(ctx: Ctx, key: str, *, directory: bool = False) -> Recipient:
+    """The user a path names. A directory read (``/users/{key}``) takes its id or its UPN only
+    (✅ "GET /users/{id | userPrincipalName}"; an address that is not the UPN is 404, as
+    camerondwyer.com 2023-07 shows). Outlook resources (mailboxSettings, mailFolders, sendMail)
+    also find a mailbox by an SMTP address (🔶 the same article: Exchange resolves the address)."""
     r = ctx.tenant.find_recipient(key)
-    if r is None:
+    if r is None or (directory and key.strip().lower() not in {r.id.lower(), r.upn.lower()}):
         raise _not_found(key)
     return r
 
@@ -328,7 +356,7 @@ def _find_user(ctx: Ctx, key: str) -> Recipient:
 def _user(ctx: Ctx, version: str, key: str, rest: list[str], query: dict[str, str]) -> Response:
     if not rest:
         _need_directory(ctx, _READ_USERS)
-        r = _find_user(ctx, key)
+        r = _find_user(ctx, key, directory=True)
         body, picked = _select(ctx, _user_json(r), query, "microsoft.graph.user", _USER_DEFAULT)
         entity = f"users({','.join(picked)})" if picked else "users"
         return 200, {"@odata.context": f"{ctx.base}/{version}/$metadata#{entity}/$entity", **body}, {}
@@ -433,9 +461,27 @@ def _mailbox_settings(r: Recipient, version: str) -> dict[str, Any]:
     }
 
 
+def _has_address(r: Recipient, prop: str, value: str) -> bool:
+    j = _user_json(r)
+    if prop == "proxyaddresses":
+        return value.lower() in {a.lower() for a in j["proxyAddresses"]}
+    return str(j["userPrincipalName" if prop == "userprincipalname" else "mail"]).lower() == value.lower()
+
+
 def _list_users(ctx: Ctx, version: str, query: dict[str, str]) -> Response:
     _need_directory(ctx, _READ_USERS)
     t = ctx.tenant
+    by_address = _address_filter(query.get("$filter", ""))
+    if by_address is not None:
+        hits: dict[str, Recipient] = {}
+        for prop, value in by_address:
+            key = value.split(":", 1)[1] if prop == "proxyaddresses" and ":" in value else value
+            hits.update({r.id: r for r in t.find_recipients(key) if _has_address(r, prop, value)})
+        items = [_select(ctx, _user_json(r), query, "microsoft.graph.user", _USER_DEFAULT)[0] for r in hits.values()]
+        body = _collection(ctx, version, "users", items)
+        if query.get("$count", "").lower() == "true":
+            body["@odata.count"] = len(items)
+        return 200, body, {}
     flt = _filter(query, ("mail", "userPrincipalName", "id", "displayName", "mailNickname"))
     raw_top = query.get("$top", "100")
     if not raw_top.isdigit() or not 1 <= int(raw_top) <= 999:

@@ -50,6 +50,7 @@ class Sandbox:
         latency_ms: str | int | tuple[int, int] | None = None,
         token_lifetime: int = 3599,
         mailboxes: int = 0,
+        upn_domain: str | None = None,
         client_secret: str | None = None,
         pfx_password: str | None = None,
         imap_port: int = 0,
@@ -64,7 +65,7 @@ class Sandbox:
             throttle_rps=throttle_rps, graph_rps=graph_rps, exchange_rps=exchange_rps,
             outlook_concurrency=outlook_concurrency, fault_rate=fault_rate, seed=seed,
             latency_ms=latency_ms,  # type: ignore[arg-type]  # validate() normalises it
-            token_lifetime=token_lifetime, mailboxes=mailboxes, client_secret=client_secret,
+            token_lifetime=token_lifetime, mailboxes=mailboxes, upn_domain=upn_domain, client_secret=client_secret,
             pfx_password=pfx_password, imap_port=imap_port, smtp_port=smtp_port, propagation_s=propagation_s,
             esj_password=esj_password, verbose=verbose,
         )

@@ -48,6 +48,7 @@ from .tenant import (
     FIXED_SECRETS,
     GRAPH_RESOURCE,
     PROVISIONING_APP_ID,
+    TENANT_DOMAIN,
     MutationError,
     Recipient,
     Tenant,
@@ -135,7 +136,7 @@ class SandboxServer:
     def __init__(self, cfg: SandboxConfig) -> None:
         self.cfg = cfg.validate()
         try:
-            self.tenant = Tenant.load_or_seed(cfg.state_path, cfg.mailboxes)
+            self.tenant = Tenant.load_or_seed(cfg.state_path, cfg.mailboxes, cfg.upn_domain or TENANT_DOMAIN)
         except (ValueError, KeyError, TypeError) as exc:
             raise SandboxError(
                 f"--state {cfg.state_path} is not a sandbox state file ({exc})",

@@ -235,7 +235,7 @@ class RoleAssignment:
 Principal = Recipient | ExoServicePrincipal
 
 
-def _seed_recipients() -> list[Recipient]:
+def _seed_recipients(upn_domain: str = TENANT_DOMAIN) -> list[Recipient]:
     rows: list[tuple[str, str, str, str, bool, dict[str, Any]]] = [
         # id, name, display name, type, accountEnabled, extras
         ("87d349ed-44d7-43e1-9a83-5f2406dee5bd", "support", "Customer Support", "SharedMailbox", False,
@@ -258,7 +258,7 @@ def _seed_recipients() -> list[Recipient]:
     for rid, (oid, name, display, rtype, enabled, extra) in enumerate(rows, start=1101):
         out.append(
             Recipient(
-                id=oid, name=name, display_name=display, upn=f"{name}@{TENANT_DOMAIN}",
+                id=oid, name=name, display_name=display, upn=f"{name}@{upn_domain}",
                 mail=f"{name}@{MAIL_DOMAIN}", recipient_type=rtype, account_enabled=enabled,
                 sid=f"{_DOMAIN_SID}-{rid}", exchange_guid=_exo_guid(oid), **extra,
             )
@@ -288,12 +288,16 @@ def _seed_apps() -> list[App]:
 
 
 class Tenant:
-    def __init__(self, generated: int = 0) -> None:
+    def __init__(self, generated: int = 0, *, upn_domain: str = TENANT_DOMAIN) -> None:
         self.tenant_id = TENANT_ID
         self.name = TENANT_NAME
         self.domain = TENANT_DOMAIN
         self.mail_domain = MAIL_DOMAIN
-        self.seeded: list[Recipient] = _seed_recipients()
+        # The accounts' sign-in names: by default in the initial domain, so a UPN differs from the
+        # address (Graph's /users/{key} then finds no one by address); the mail domain makes
+        # UPN = primary address, as in most tenants.
+        self.upn_domain = upn_domain
+        self.seeded: list[Recipient] = _seed_recipients(upn_domain)
         self.generated = generated
         self.overrides: dict[int, Recipient] = {}
         self.apps: dict[str, App] = {a.client_id: a for a in _seed_apps()}
@@ -356,7 +360,7 @@ class Tenant:
         name = f"queue{i:04d}"
         oid = f"{_GEN_OBJECT_PREFIX}{i:012d}"
         return Recipient(
-            id=oid, name=name, display_name=f"Queue {i:04d}", upn=f"{name}@{self.domain}",
+            id=oid, name=name, display_name=f"Queue {i:04d}", upn=f"{name}@{self.upn_domain}",
             mail=f"{name}@{self.mail_domain}", recipient_type="SharedMailbox", account_enabled=False,
             sid=f"{_DOMAIN_SID}-{_GEN_RID_BASE + i}", exchange_guid=f"{_GEN_EXO_PREFIX}{i:012d}",
             index=i,
@@ -468,7 +472,7 @@ class Tenant:
             "version": STATE_VERSION,
             "tenant": {
                 "id": self.tenant_id, "name": self.name, "domain": self.domain,
-                "mail_domain": self.mail_domain,
+                "mail_domain": self.mail_domain, "upn_domain": self.upn_domain,
             },
             "recipients": [r.to_json() for r in self.seeded],
             "generated": {
@@ -493,7 +497,7 @@ class Tenant:
     def from_json(cls, data: dict[str, Any]) -> Tenant:
         if data.get("version") != STATE_VERSION:
             raise ValueError(f"unsupported state version {data.get('version')!r}")
-        t = cls(generated=int(data["generated"]["count"]))
+        t = cls(generated=int(data["generated"]["count"]), upn_domain=data["tenant"].get("upn_domain", TENANT_DOMAIN))
         t.seeded = [Recipient(**r) for r in data["recipients"]]
         t.overrides = {int(i): Recipient(**r) for i, r in data["generated"]["overrides"].items()}
         t.apps = {a["client_id"]: App(**a) for a in data["apps"]}
@@ -526,10 +530,10 @@ class Tenant:
         os.replace(tmp, path)
 
     @classmethod
-    def load_or_seed(cls, path: Path | None, generated: int) -> Tenant:
+    def load_or_seed(cls, path: Path | None, generated: int, upn_domain: str = TENANT_DOMAIN) -> Tenant:
         if path is not None and path.exists():
             return cls.from_json(json.loads(path.read_text()))
-        return cls(generated=generated)
+        return cls(generated=generated, upn_domain=upn_domain)
 
 
 # --- drift for audit tests (POST /_sandbox/mutate) -----------------------------------------------
