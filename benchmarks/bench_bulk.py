@@ -42,6 +42,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import (
+    BENCH_TENANT,
     DEFAULT_BASELINE,
     RATIO_HEADER,
     Side,
@@ -161,7 +162,7 @@ def run_bulk(
     from esj_provision.sandbox import Sandbox
 
     with tempfile.TemporaryDirectory(prefix="esj-bench-bulk-") as tmp, Sandbox(
-        mailboxes=rows, throttle_rps=limit, latency_ms=latency, seed=seed
+        mailboxes=rows, throttle_rps=limit, latency_ms=latency, seed=seed, **BENCH_TENANT
     ) as sb:
         scratch = Path(tmp)
         manifest = write_manifest(scratch / "manifest.csv", rows)

@@ -38,6 +38,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import (
+    BENCH_TENANT,
     Side,
     baseline_tree,
     call_start,
@@ -136,7 +137,7 @@ def measure(version: str, pythonpath: Path | None, tenant: str, sandbox: dict[st
     from esj_provision.sandbox import Sandbox
 
     out: list[Measured] = []
-    with tempfile.TemporaryDirectory(prefix="esj-bench-fleet-") as tmp, Sandbox(mailboxes=rows, **sandbox) as sb:
+    with tempfile.TemporaryDirectory(prefix="esj-bench-fleet-") as tmp, Sandbox(mailboxes=rows, **sandbox, **BENCH_TENANT) as sb:
         scratch = Path(tmp)
         manifest = write_manifest(scratch / "manifest.csv", rows)
         side = Side(version, pythonpath)

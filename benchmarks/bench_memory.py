@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from benchlib import cli_path, machine, run_child, sandbox_env, today, write_manifest, write_section
+from benchlib import BENCH_TENANT, cli_path, machine, run_child, sandbox_env, today, write_manifest, write_section
 
 MAX_RATIO = 1.5  # fail above this: memory growing with rows is a bug
 
@@ -72,7 +72,7 @@ class Measure:
 def bulk_child(rows: int, manifest: Path, *, dry_run: bool, mailboxes: int, scratch: Path) -> Measure:
     from esj_provision.sandbox import Sandbox
 
-    with Sandbox(mailboxes=mailboxes) as sb:
+    with Sandbox(mailboxes=mailboxes, **BENCH_TENANT) as sb:
         run_dir = Path(tempfile.mkdtemp(prefix=f"{'dry' if dry_run else 'full'}-{rows}-", dir=scratch))
         env = sandbox_env(str(scratch / "pycache"), sb.env, ESJ_PROVISION_JOURNAL=str(run_dir / "journal.jsonl"))
         cmd = [cli_path(), "bulk", str(manifest), "--format", "json", "--out-dir", str(run_dir / "out")]

@@ -39,6 +39,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import (
+    BENCH_TENANT,
     DEFAULT_BASELINE,
     RATIO_HEADER,
     TRUSTEE,
@@ -221,7 +222,7 @@ def main() -> int:
     rounds: list[tuple[dict[str, Sample], dict[str, Sample]]] = []
     load = ""
     with tempfile.TemporaryDirectory(prefix="esj-bench-onboard-") as tmp, Sandbox(
-        mailboxes=2 * (opts.repeat + 2) + 2 * (pairs + 1), latency_ms=latency, seed=7
+        mailboxes=2 * (opts.repeat + 2) + 2 * (pairs + 1), latency_ms=latency, seed=7, **BENCH_TENANT
     ) as sb:
         scratch = Path(tmp)
         env = sandbox_env(str(scratch / "pycache"), sb.env, ESJ_PROVISION_JOURNAL=str(scratch / "journal.jsonl"))

@@ -30,6 +30,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from benchlib import (
+    BENCH_TENANT,
     TRUSTEE,
     cli_path,
     http_calls,
@@ -63,7 +64,7 @@ def run(label: str, args: list[str], opts: argparse.Namespace) -> dict[str, Any]
     from esj_provision.sandbox import Sandbox
 
     with tempfile.TemporaryDirectory(prefix="esj-bench-unlisted-") as tmp, Sandbox(
-        mailboxes=opts.mailboxes, throttle_rps=opts.throttle_rps or None, latency_ms=opts.latency_ms, seed=5
+        mailboxes=opts.mailboxes, throttle_rps=opts.throttle_rps or None, latency_ms=opts.latency_ms, seed=5, **BENCH_TENANT
     ) as sb:
         scratch = Path(tmp)
         manifest = write_manifest(scratch / "manifest.csv", opts.listed, outbound="graph")

@@ -131,6 +131,13 @@ def cli_path() -> str:
     return str(Path(sys.executable).parent / "esj-provision")
 
 
+# The benchmarks' tenant: every UPN is the primary address, as in most tenants. The earlier designs
+# read a user with /users/{address}, which Graph answers only when the address is the UPN (and the
+# sandbox, like Graph, since 2026-12); where it is not, this tree reads the user by primary address,
+# one Graph round trip more, and the earlier designs fail.
+BENCH_TENANT: dict[str, Any] = {"upn_domain": "contoso.com"}
+
+
 def sandbox_env(pycache_dir: str, sandbox_env: Mapping[str, str], **extra: str) -> dict[str, str]:
     """clean_env() pointed at a sandbox (its AZURE_* and ESJ_PROVISION_* variables) plus ``extra``."""
     return clean_env(pycache_dir, {**sandbox_env, **extra})
