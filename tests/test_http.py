@@ -543,6 +543,19 @@ def test_pacer_learns_a_token_buckets_refill_rate_not_its_burst() -> None:
     assert admitted >= 0.9 * (8 + 8 * 30.0)  # the bucket's burst plus its rate, nearly all used
 
 
+def test_pacer_between_two_429s_far_apart_does_not_undercount() -> None:
+    """Ten minutes at 10/s between two 429s is more than the pacer records of what got through:
+    it then falls back to the answer rate rather than read 4,096 in 600 s as 6.8/s."""
+    ft = FakeTime()
+    pacer = AdaptivePacer(clock=ft.clock, sleep=ft.sleep)
+    pacer.on_throttle(0.0, sent_at=ft.now)
+    for _ in range(6000):
+        ft.now += 0.1
+        pacer.on_success(sent_at=ft.now)
+    pacer.on_throttle(1.0, sent_at=ft.now)
+    assert pacer.ceiling == pytest.approx(10.0, rel=0.05)
+
+
 def test_pacer_max_rate_is_respected() -> None:
     ft = FakeTime()
     pacer = AdaptivePacer(clock=ft.clock, sleep=ft.sleep, max_rate=2.0)

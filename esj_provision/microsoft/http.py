@@ -258,6 +258,8 @@ class AdaptivePacer:
             self._admitted.popleft()
         if first is None or last - first < self.MIN_SIGNAL_GAP_S:
             return None
+        if len(self._admitted) == self._admitted.maxlen:
+            return None  # more got through than the record holds: the count would fall short
         return sum(w for t, w in self._admitted if first < t <= last) / (last - first)
 
 
