@@ -176,15 +176,19 @@ def _error_fields(payload: Any, headers: Any = None) -> tuple[str, str, str | No
     return str(err.get("code") or ""), str(err.get("message") or ""), str(rid) if rid else None
 
 
+def _literal(value: str) -> str:
+    """An OData string literal: in quotes, a quote inside doubled."""
+    return "'" + value.replace("'", "''") + "'"
+
+
 def _filter(prop: str, value: str) -> str:
-    """``$filter=prop eq 'value'`` (an OData string literal, quotes doubled), percent-encoded."""
-    return quote(f"{prop} eq '{value.replace(chr(39), chr(39) * 2)}'", safe="")
+    """``$filter=prop eq 'value'``, percent-encoded."""
+    return quote(f"{prop} eq {_literal(value)}", safe="")
 
 
 def _ids_filter(ids: Sequence[str]) -> str:
-    """``$filter=id in ('a','b')`` (OData string literals), percent-encoded."""
-    values = ",".join(f"'{i.replace(chr(39), chr(39) * 2)}'" for i in ids)
-    return quote(f"id in ({values})", safe="")
+    """``$filter=id in ('a','b')``, percent-encoded."""
+    return quote(f"id in ({','.join(_literal(i) for i in ids)})", safe="")
 
 
 def _header(headers: Any, name: str) -> str | None:
@@ -238,8 +242,7 @@ ADVANCED_QUERY_HEADERS = {"ConsistencyLevel": "eventual"}
 
 
 def _by_address_url(ref: str) -> str:
-    literal = ref.replace("'", "''")
-    clause = f"mail eq '{literal}' or proxyAddresses/any(x:x eq 'smtp:{literal}')"
+    clause = f"mail eq {_literal(ref)} or proxyAddresses/any(x:x eq {_literal('smtp:' + ref)})"
     return f"/users?$filter={quote(clause, safe='')}&$count=true&$select={','.join(USER_SELECT)}"
 
 
@@ -255,6 +258,33 @@ def _one_by_address(body: Any, ref: str) -> DirectoryUser | EsjProvisionError | 
         f"{ref}: {len(found)} directory users have this address",
         hint="give the mailbox's or account's UPN or object id instead",
     )
+
+
+def _record_ids(
+    outcome: _Outcome,
+    first: dict[str, str],
+    users: dict[str, DirectoryUser],
+    errors: dict[tuple[str, str], EsjProvisionError],
+) -> list[tuple[str, str]]:
+    """An ``id in (...)`` answer: each user it returned; the others to be read one by one (the
+    read alone says why); throttled or failing past the retry policy, an error for each."""
+    item, status, body = outcome.item, outcome.status, outcome.body
+    if status in RETRYABLE_STATUS or outcome.final:
+        code, message, rid = _error_fields(body)
+        for key, _ in item.members:
+            errors[(key, "user")] = graph_error(status, code, message, rid, op="user", ref=first[key])
+        return []
+    if not (200 <= status < 300 and isinstance(body, dict)):
+        return [(key, "user") for key, _ in item.members]
+    found = {str(v.get("id") or "").casefold(): v for v in body.get("value") or [] if isinstance(v, dict)}
+    unsettled = []
+    for key, oid in item.members:
+        data = found.get(oid.casefold())
+        if data is None:
+            unsettled.append((key, "user"))
+        else:
+            users[key] = parse_user(data)
+    return unsettled
 
 
 def _record_by_address(
@@ -287,6 +317,10 @@ class _Item:
     kind: str
     url: str  # relative to /v1.0
     members: tuple[tuple[str, str], ...] = ()  # "ids": (casefolded reference, object id) each
+
+    def headers(self, priority: Mapping[str, str]) -> dict[str, str]:
+        """The item's request headers: the priority, and an address search's advanced query."""
+        return {**priority, **(ADVANCED_QUERY_HEADERS if self.kind == "address" else {})}
 
     def answers(self) -> list[tuple[str, str]]:
         """The (reference key, kind) pairs this item's outcome settles."""
@@ -387,7 +421,7 @@ class GraphClient:
 
         sdk = self._client()
         params = ServicePrincipalsRequestBuilder.ServicePrincipalsRequestBuilderGetQueryParameters(
-            filter=f"appId eq '{app_id.replace(chr(39), chr(39) * 2)}'", select=list(SP_SELECT)
+            filter=f"appId eq {_literal(app_id)}", select=list(SP_SELECT)
         )
         return sdk.service_principals.to_get_request_information(RequestConfiguration(query_parameters=params))
 
@@ -588,28 +622,10 @@ class GraphClient:
     ) -> list[tuple[str, str]]:
         """Record an item's outcome; the references it left unsettled, each with how to read it
         next: an "ids" item's users it did not return (or all, when it failed) one by one; an
-        address ``/users/{key}`` did not find (Graph takes only an id or a UPN there) by ``mail``."""
+        address ``/users/{key}`` did not find (Graph takes only an id or a UPN there) by address."""
         item, status, body = outcome.item, outcome.status, outcome.body
         if item.kind == "ids":
-            if status in RETRYABLE_STATUS or outcome.final:
-                # Throttled or failing past the retry policy: reading each user alone would too.
-                code, message, rid = _error_fields(body)
-                for key, _ in item.members:
-                    errors[(key, "user")] = graph_error(status, code, message, rid, op="user", ref=first[key])
-                return []
-            if not (200 <= status < 300 and isinstance(body, dict)):
-                return [(key, "user") for key, _ in item.members]  # the filter refused: each read alone says why
-            found = {
-                str(v.get("id") or "").casefold(): v for v in body.get("value") or [] if isinstance(v, dict)
-            }
-            unsettled = []
-            for key, oid in item.members:
-                data = found.get(oid.casefold())
-                if data is None:
-                    unsettled.append((key, "user"))
-                else:
-                    users[key] = parse_user(data)
-            return unsettled
+            return _record_ids(outcome, first, users, errors)
         ref = first[item.key]
         if item.kind == "address":
             return _record_by_address(outcome, ref, users, errors)
@@ -650,11 +666,8 @@ class GraphClient:
         """One $batch POST and an outcome for every item; an outer failure (already retried by the
         transport) becomes a final outcome with that status for each of its items."""
         priority = {PRIORITY_HEADER: "low"} if background else {}
-        def headers(item: _Item) -> dict[str, str]:
-            return {**priority, **(ADVANCED_QUERY_HEADERS if item.kind == "address" else {})}
-
         requests = [
-            {"id": str(n), "method": "GET", "url": item.url, **({"headers": h} if (h := headers(item)) else {})}
+            {"id": str(n), "method": "GET", "url": item.url, **({"headers": h} if (h := item.headers(priority)) else {})}
             for n, item in enumerate(chunk, 1)
         ]
         response = await self._http.graph_client.post(
