@@ -212,6 +212,24 @@ def test_a_directory_read_takes_an_id_or_a_upn_not_an_address(make_sandbox: Make
     assert c.graph("/v1.0/users/support@contoso.com/mailboxSettings/userPurpose").json()["value"] == "shared"
 
 
+@pytest.mark.parametrize(
+    ("flt", "status"),
+    [
+        ("proxyAddresses eq 'smtp:help@contoso.com'", 400),  # a collection needs any()
+        ("mail/any(x:x eq 'help@contoso.com')", 400),  # and a plain property takes no any()
+        ("displayName eq 'Sales or Support'", 200),  # an `or` inside a literal joins nothing
+        ("mail eq 'a@contoso.com' and mail eq 'b@contoso.com'", 400),
+    ],
+)
+def test_filter_forms_the_sandbox_refuses_or_reads_whole(sandbox_client: SandboxClient, flt: str, status: int) -> None:
+    r = sandbox_client.graph(f"/v1.0/users?$filter={flt}")
+    assert r.status_code == status, r.text
+    if status == 400:
+        assert r.json()["error"]["code"] == "Request_UnsupportedQuery"
+    else:
+        assert r.json()["value"] == []
+
+
 def test_a_tenant_whose_upns_are_the_addresses(make_sandbox: MakeSandbox) -> None:
     """``upn_domain``: UPN = primary address (most tenants); the directory read by address works."""
     _, c = make_sandbox(mailboxes=2, upn_domain="contoso.com")

@@ -223,60 +223,61 @@ def _assignments_json(t: Tenant, sp_id: str) -> list[dict[str, Any]]:
     return out
 
 
-_FILTER = re.compile(r"^\s*(\w+)\s+eq\s+'((?:[^']|'')*)'\s*$", re.IGNORECASE)
-_FILTER_IN = re.compile(r"^\s*(\w+)\s+in\s+\(\s*((?:'(?:[^']|'')*'\s*,?\s*)+)\)\s*$", re.IGNORECASE)
-_LITERAL = re.compile(r"'((?:[^']|'')*)'")
-# `mail eq 'a' or proxyAddresses/any(x:x eq 'smtp:a')`: a user by any of its SMTP addresses (the
-# form of Microsoft's B2B invitation docs; 🔶 whether Graph needs advanced query parameters for it,
-# and ❓ whether it compares the `smtp:` prefix ignoring case: here it does, as for other strings).
 _LITERAL_RE = r"'((?:[^']|'')*)'"
-_ADDRESS_CLAUSE = re.compile(
-    rf"\s*(?:(mail|userPrincipalName)\s+eq\s+{_LITERAL_RE}|proxyAddresses/any\((\w+):\s*\3\s+eq\s+{_LITERAL_RE}\))\s*",
-    re.IGNORECASE,
-)
-
-
-def _address_filter(raw: str) -> list[tuple[str, str]] | None:
-    """The (property, value) clauses of an address filter joined by ``or``; None if not one."""
-    clauses: list[tuple[str, str]] = []
-    for part in re.split(r"\s+or\s+", raw, flags=re.IGNORECASE):
-        m = _ADDRESS_CLAUSE.fullmatch(part)
-        if m is None:
-            return None
-        if m.group(1):
-            clauses.append((m.group(1).lower(), m.group(2).replace("''", "'")))
-        else:
-            clauses.append(("proxyaddresses", m.group(4).replace("''", "'")))
-    return clauses if len(clauses) > 1 or clauses[0][0] == "proxyaddresses" else None
-
-
+_LITERAL = re.compile(_LITERAL_RE)
+_EQ = re.compile(rf"(\w+)\s+eq\s+{_LITERAL_RE}", re.IGNORECASE)
+_IN = re.compile(r"(\w+)\s+in\s+\(\s*((?:'(?:[^']|'')*'\s*,?\s*)+)\)", re.IGNORECASE)
+# `proxyAddresses/any(x:x eq 'smtp:a')`, as in `mail eq 'a' or proxyAddresses/any(...)`: a user by
+# any of its SMTP addresses (the form of Microsoft's B2B invitation docs; 🔶 whether Graph needs
+# advanced query parameters for it, ❓ whether it ignores the prefix's case: here it does).
+_ANY = re.compile(rf"(\w+)/any\((\w+):\s*\2\s+eq\s+{_LITERAL_RE}\)", re.IGNORECASE)
+# `or` outside quotes: an even number of quotes (a doubled one counts two) follows it.
+_OR = re.compile(r"\s+or\s+(?=(?:[^']*'[^']*')*[^']*$)", re.IGNORECASE)
 # Values an `in` filter takes without advanced query parameters (filter-query-parameter docs: "15
 # items by default"). The 400's text is the one a Graph docs issue quotes (#21098), not Microsoft's page.
 IN_LIMIT = 15
 
 
-def _filter(query: dict[str, str], allowed: tuple[str, ...]) -> tuple[str, list[str]] | None:
-    """``prop eq 'v'`` or ``prop in ('a','b')``: the property and its values (quotes undoubled)."""
+def _filter(
+    query: dict[str, str], allowed: tuple[str, ...], collections: tuple[str, ...] = ()
+) -> list[tuple[str, list[str]]] | None:
+    """The clauses of ``$filter``, joined by ``or``: ``prop eq 'v'``, ``prop in ('a','b')`` or, for
+    one of ``collections``, ``prop/any(x:x eq 'v')``; each as (property, values), quotes undoubled."""
     raw = query.get("$filter", query.get("filter"))
     if raw is None:
         return None
-    m = _FILTER.match(raw) or _FILTER_IN.match(raw)
-    if not m:
-        raise GraphError(400, "Request_UnsupportedQuery", "Unsupported query.")
-    prop = next((a for a in allowed if a.lower() == m.group(1).lower()), None)
-    if prop is None:
-        raise GraphError(400, "Request_UnsupportedQuery", f"Unsupported or invalid query filter clause specified for property '{m.group(1)}' of resource.")
-    if m.re is _FILTER:
-        return prop, [m.group(2).replace("''", "'")]
-    values = [v.replace("''", "'") for v in _LITERAL.findall(m.group(2))]
-    if len(values) > IN_LIMIT:
-        raise GraphError(
-            400,
-            "Request_UnsupportedQuery",
-            f"Too many child clauses specified in search filter expression containing 'OR' operators: {len(values)}. "
-            f"Max allowed: {IN_LIMIT}.",
-        )
-    return prop, values
+    clauses: list[tuple[str, list[str]]] = []
+    for part in _OR.split(raw.strip()):
+        if m := _EQ.fullmatch(part.strip()):
+            name, values = m.group(1), [m.group(2)]
+        elif m := _IN.fullmatch(part.strip()):
+            name, values = m.group(1), _LITERAL.findall(m.group(2))
+            if len(values) > IN_LIMIT:
+                raise GraphError(
+                    400,
+                    "Request_UnsupportedQuery",
+                    "Too many child clauses specified in search filter expression containing 'OR' operators: "
+                    f"{len(values)}. Max allowed: {IN_LIMIT}.",
+                )
+        elif m := _ANY.fullmatch(part.strip()):
+            name, values = m.group(1), [m.group(3)]
+        else:
+            raise GraphError(400, "Request_UnsupportedQuery", "Unsupported query.")
+        prop = next((a for a in (*allowed, *collections) if a.lower() == name.lower()), None)
+        if prop is None or (prop in collections) != (m.re is _ANY):
+            raise GraphError(400, "Request_UnsupportedQuery", f"Unsupported or invalid query filter clause specified for property '{name}' of resource.")
+        clauses.append((prop, [v.replace("''", "'") for v in values]))
+    return clauses
+
+
+def _matches(obj: dict[str, Any], clauses: list[tuple[str, list[str]]]) -> bool:
+    """Whether an object's JSON meets any clause (a collection: any of its items), ignoring case."""
+    for prop, values in clauses:
+        have = obj.get(prop)
+        have_all = {str(h).lower() for h in have} if isinstance(have, list) else {str(have).lower()}
+        if have_all & {v.lower() for v in values}:
+            return True
+    return False
 
 
 def _collection(ctx: Ctx, version: str, entity: str, items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -461,46 +462,25 @@ def _mailbox_settings(r: Recipient, version: str) -> dict[str, Any]:
     }
 
 
-def _has_address(r: Recipient, prop: str, value: str) -> bool:
-    j = _user_json(r)
-    if prop == "proxyaddresses":
-        return value.lower() in {a.lower() for a in j["proxyAddresses"]}
-    return str(j["userPrincipalName" if prop == "userprincipalname" else "mail"]).lower() == value.lower()
-
-
 def _list_users(ctx: Ctx, version: str, query: dict[str, str]) -> Response:
     _need_directory(ctx, _READ_USERS)
     t = ctx.tenant
-    by_address = _address_filter(query.get("$filter", ""))
-    if by_address is not None:
-        hits: dict[str, Recipient] = {}
-        for prop, value in by_address:
-            key = value.split(":", 1)[1] if prop == "proxyaddresses" and ":" in value else value
-            hits.update({r.id: r for r in t.find_recipients(key) if _has_address(r, prop, value)})
-        items = [_select(ctx, _user_json(r), query, "microsoft.graph.user", _USER_DEFAULT)[0] for r in hits.values()]
-        body = _collection(ctx, version, "users", items)
-        if query.get("$count", "").lower() == "true":
-            body["@odata.count"] = len(items)
-        return 200, body, {}
-    flt = _filter(query, ("mail", "userPrincipalName", "id", "displayName", "mailNickname"))
+    clauses = _filter(query, ("mail", "userPrincipalName", "id", "displayName", "mailNickname"), ("proxyAddresses",))
     raw_top = query.get("$top", "100")
     if not raw_top.isdigit() or not 1 <= int(raw_top) <= 999:
         raise GraphError(
             400, "Request_BadRequest", f"Invalid page size specified: '{raw_top}'. Must be between 1 and 999 inclusive."
         )
     top = int(raw_top)
-    if flt is not None:
-        prop, values = flt
-        found = list(
-            {
-                id(r): r
-                for value in values
-                for r in t.find_recipients(value)
-                if str(_user_json(r)[prop]).lower() == value.lower()
-            }.values()
-        )
-        items = [_select(ctx, _user_json(r), query, "microsoft.graph.user", _USER_DEFAULT)[0] for r in found]
-        return 200, _collection(ctx, version, "users", items), {}
+    if clauses is not None:
+        # Candidates by any value a clause names (an `smtp:` address without its prefix), then checked.
+        keys = {v.split(":", 1)[1] if p == "proxyAddresses" and ":" in v else v for p, vs in clauses for v in vs}
+        found = {r.id: r for k in keys for r in t.find_recipients(k) if _matches(_user_json(r), clauses)}
+        items = [_select(ctx, _user_json(r), query, "microsoft.graph.user", _USER_DEFAULT)[0] for r in found.values()]
+        body = _collection(ctx, version, "users", items)
+        if query.get("$count", "").lower() == "true":
+            body["@odata.count"] = len(items)
+        return 200, body, {}
     start = int(query.get("$skiptoken", "0") or 0) if query.get("$skiptoken", "0").isdigit() else 0
     end = min(start + top, t.recipient_count)
     items = [_select(ctx, _user_json(t.at(i)), query, "microsoft.graph.user", _USER_DEFAULT)[0] for i in range(start, end)]
@@ -521,10 +501,9 @@ def _apps(ctx: Ctx, version: str, name: str, prop: str | None, key: str | None, 
     if key is None and rest:
         key, rest, prop = rest[0], rest[1:], None
     if key is None:
-        flt = _filter(query, ("appId", "displayName", "id"))
-        if flt is not None:
-            wanted = {v.lower() for v in flt[1]}
-            objs = [o for o in objs if str(o[flt[0]]).lower() in wanted]
+        clauses = _filter(query, ("appId", "displayName", "id"))
+        if clauses is not None:
+            objs = [o for o in objs if _matches(o, clauses)]
         items = [_select(ctx, o, query, type_name)[0] for o in objs]
         return 200, _collection(ctx, version, name, items), {}
     field = "appId" if (prop or "").lower() == "appid" else "id"
