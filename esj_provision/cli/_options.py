@@ -22,6 +22,22 @@ from ._common import setup_logging
 F = TypeVar("F", bound=Callable[..., Any])
 
 # Defaults are None: config.load_settings applies flag > environment > .env > cloud defaults.
+# Options that onboard and bulk share word for word (both emit options and may probe them).
+EsjClientId = Annotated[
+    str | None,
+    typer.Option(
+        "--esj-client-id",
+        metavar="GUID",
+        help="The ESJ app's client id, for the options (env ESJ_PROVISION_ESJ_CLIENT_ID).",
+    ),
+]
+ProbeWait = Annotated[
+    str | None,
+    typer.Option(
+        "--wait", metavar="DURATION", help="With --probe: retry pending checks up to DURATION (90s, 30m, 2h)."
+    ),
+]
+
 Cloud = Annotated[
     str | None,
     typer.Option(

@@ -11,7 +11,7 @@ import typer
 
 from ..errors import ExitStatus, UsageError
 from ._common import from_env, run_async
-from ._options import tenant_command
+from ._options import EsjClientId, ProbeWait, tenant_command
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -67,20 +67,13 @@ def bulk(
     profile: Path | None = typer.Option(
         None, "--profile", metavar="FILE", help="ESJ literals profile (env ESJ_PROVISION_PROFILE)."
     ),
-    esj_client_id: str | None = typer.Option(
-        None,
-        "--esj-client-id",
-        metavar="GUID",
-        help="The ESJ app's client id, for the options (env ESJ_PROVISION_ESJ_CLIENT_ID).",
-    ),
+    esj_client_id: EsjClientId = None,
     probe_after: bool = typer.Option(
         False, "--probe",
         help="Probe each onboarded row as ESJ would (4 at once; secrets from ESJ_PROVISION_ESJ_CLIENT_SECRET / "
         "ESJ_PROVISION_ESJ_PASSWORD); the outcome goes into results.jsonl.",
     ),
-    wait: str | None = typer.Option(
-        None, "--wait", metavar="DURATION", help="With --probe: retry pending checks up to DURATION (90s, 30m, 2h)."
-    ),
+    wait: ProbeWait = None,
     *,
     settings: Settings,
 ) -> None:

@@ -11,7 +11,7 @@ import typer
 
 from ..errors import PreflightError, UsageError
 from ._common import from_env, run_async
-from ._options import tenant_command
+from ._options import EsjClientId, ProbeWait, tenant_command
 
 if TYPE_CHECKING:
     from ..config import Settings
@@ -148,21 +148,14 @@ def onboard(
         metavar="FILE",
         help="ESJ literals profile (see examples/profile.ini) (env ESJ_PROVISION_PROFILE).",
     ),
-    esj_client_id: str | None = typer.Option(
-        None,
-        "--esj-client-id",
-        metavar="GUID",
-        help="The ESJ app's client id, for the options (env ESJ_PROVISION_ESJ_CLIENT_ID).",
-    ),
+    esj_client_id: EsjClientId = None,
     journal: Path | None = JournalOpt,
     probe_after: bool = typer.Option(
         False, "--probe",
         help="Then probe the options as ESJ would (secrets from ESJ_PROVISION_ESJ_CLIENT_SECRET / "
         "ESJ_PROVISION_ESJ_PASSWORD); exit 5 when only Exchange's propagation is missing.",
     ),
-    wait: str | None = typer.Option(
-        None, "--wait", metavar="DURATION", help="With --probe: retry pending checks up to DURATION (90s, 30m, 2h)."
-    ),
+    wait: ProbeWait = None,
     *,
     settings: Settings,
 ) -> None:
