@@ -205,6 +205,47 @@ def test_an_address_that_is_not_the_upn_is_found_by_its_address() -> None:
     assert user.user_principal_name == "support@contoso.onmicrosoft.com" and user.address == "support@contoso.com"
 
 
+REFUSED = {"error": {"code": "Request_UnsupportedQuery", "message": "Unsupported query."}}
+
+
+def test_a_refused_address_search_leaves_the_not_found_and_its_hint() -> None:
+    """Graph refusing the search by address (400) must not hide what the admin can do: the read by
+    key's not-found stands, with its hint to give the UPN or object id."""
+    router = respx.Router()
+    router.get(url__startswith=f"{V1}/users/").respond(404, json=GRAPH_NOT_FOUND)
+    router.get(url__startswith=f"{V1}/users?").respond(400, json=REFUSED)
+    with pytest.raises(NotFoundError) as info:
+        run(Env(router).graph.get_user("support@contoso.com"))
+    assert "UPN" in (info.value.hint or "")
+
+    log: list[list[dict[str, Any]]] = []
+    batch = respx.Router()
+    batch.post(BATCH).side_effect = batch_answer(
+        lambda sub: {"status": 400, "body": REFUSED} if "proxyAddresses" in sub["url"] else {"status": 404, "body": GRAPH_NOT_FOUND},
+        log,
+        by_mail=True,
+    )
+    result = run(Env(batch).graph.lookup_many(["support@contoso.com"]))["support@contoso.com"]
+    assert len(log) == 2 and isinstance(result.error, NotFoundError) and "UPN" in (result.error.hint or "")
+
+
+def test_a_throttled_address_search_says_so() -> None:
+    """A search that fails for a reason the admin must know (throttled past the retries) says it."""
+    log: list[list[dict[str, Any]]] = []
+    batch = respx.Router()
+    batch.post(BATCH).side_effect = batch_answer(
+        lambda sub: {"status": 429, "headers": {"Retry-After": "1"}, "body": {"error": {"code": "TooManyRequests"}}}
+        if "proxyAddresses" in sub["url"] else {"status": 404, "body": GRAPH_NOT_FOUND},
+        log,
+        by_mail=True,
+    )
+
+    async def go() -> LookupResult:
+        return (await Env(batch, RetryPolicy(max_attempts=2)).graph.lookup_many(["support@contoso.com"]))["support@contoso.com"]
+
+    assert isinstance(run(go()).error, ThrottledError)
+
+
 def test_two_users_with_one_primary_address_are_never_guessed_at() -> None:
     router = respx.Router()
     router.get(url__startswith=f"{V1}/users/").respond(404, json=GRAPH_NOT_FOUND)

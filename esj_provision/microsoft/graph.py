@@ -291,6 +291,8 @@ def _record_by_address(
     outcome: _Outcome, ref: str, users: dict[str, DirectoryUser], errors: dict[tuple[str, str], EsjProvisionError]
 ) -> list[tuple[str, str]]:
     key, status, body = outcome.item.key, outcome.status, outcome.body
+    if status == 400:
+        return []  # the search itself refused (a cloud without it): the not-found by key stands
     if not (200 <= status < 300 and isinstance(body, dict)):
         code, message, rid = _error_fields(body)
         errors[(key, "user")] = graph_error(status, code, message, rid, op="user", ref=ref)
@@ -478,7 +480,12 @@ class GraphClient:
             if "@" not in ref:
                 raise
             not_found = exc
-        page = await self.get_json(_by_address_url(ref), op="user", ref=ref, headers=ADVANCED_QUERY_HEADERS)
+        try:
+            page = await self.get_json(_by_address_url(ref), op="user", ref=ref, headers=ADVANCED_QUERY_HEADERS)
+        except EsjProvisionError as exc:
+            if exc.status_code == 400:
+                raise not_found from None  # the search itself refused: say what the admin can fix
+            raise
         user = _one_by_address(page, ref)
         if isinstance(user, EsjProvisionError):
             raise user
