@@ -4,8 +4,10 @@ moves when someone sleeps, a token provider that hands out numbered tokens, test
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,3 +58,16 @@ class FakeTokens:
         n = sum(1 for s, _ in self.calls if s == scope)
         name = "graph" if "graph" in scope else "exo"
         return Token(f"{name}-{n}", time.time() + 3600)
+
+
+@contextlib.contextmanager
+def logger_restored() -> Iterator[None]:
+    """--verbose attaches a handler on CliRunner's stderr, which is closed after the invocation:
+    one process runs one command, but tests run many in one process, so take it off again."""
+    logger = logging.getLogger("esj_provision")
+    handlers, level = logger.handlers[:], logger.level
+    try:
+        yield
+    finally:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)

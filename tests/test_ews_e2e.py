@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import logger_restored
 from typer.testing import Result
 
 from esj_provision.sandbox import Sandbox
@@ -388,13 +389,8 @@ def test_migrate_invalid_manifest_is_exit_2(cli: Cli, tmp_path: Path) -> None:
 @pytest.fixture
 def restored_logger() -> Iterator[None]:
     """-v adds a handler on CliRunner's stream, which is closed after the run: take it off again."""
-    logger = logging.getLogger("esj_provision")
-    handlers, level = logger.handlers[:], logger.level
-    try:
+    with logger_restored():
         yield
-    finally:
-        logger.handlers[:] = handlers
-        logger.setLevel(level)
 
 
 def test_new_commands_never_show_a_secret_or_token(

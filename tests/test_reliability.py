@@ -14,9 +14,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import logging
 import os
 import random
 import re
@@ -32,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import logger_restored
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sandbox_fixtures import Later
@@ -544,18 +543,6 @@ def argument_soup(draw: st.DrawFn) -> list[str]:
         args.insert(draw(st.integers(0, len(args))), draw(JUNK))
     return [command, *args]
 
-
-@contextlib.contextmanager
-def logger_restored() -> Iterator[None]:
-    """--verbose attaches a handler on CliRunner's stderr, which is closed after the invocation:
-    one process runs one command, but these examples run many in one process."""
-    logger = logging.getLogger("esj_provision")
-    handlers, level = logger.handlers[:], logger.level
-    try:
-        yield
-    finally:
-        logger.handlers[:] = handlers
-        logger.setLevel(level)
 
 
 def _tree(root: Path) -> set[str]:
