@@ -91,9 +91,9 @@ class Session:
         on_send: Callable[[], None] | None = None,
     ) -> T:
         """``read()`` once per session for ``key``, however many callers ask at once. A failed read
-        is forgotten, so the next caller may try again; ``fresh`` reads again (and keeps that
-        answer); ``keep=False`` does not hold the answer for later callers (it joins a read already
-        held or in flight). ``on_send`` is called when this call is the one that reads."""
+        is forgotten, so the next caller may try again; ``fresh`` reads again (replacing an answer
+        held); ``keep=False`` holds no new answer for later callers (but joins one already held
+        or in flight). ``on_send`` is called when this call is the one that reads."""
         held = None if fresh else self._reads.get(key)
         if held is None:
             if on_send is not None:
